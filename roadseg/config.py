@@ -1,0 +1,295 @@
+"""Typed parameters: `params.yaml` loaded into frozen pydantic models, unknown keys rejected.
+
+Library code takes these objects; only the CLI and component entry points read files::
+
+    params = load_params("params.yaml", overrides=["train.epochs=2"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+class ParamsError(ValueError):
+    """Params that cannot be loaded: a bad file, an unknown key or an invalid value."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ClassDef(_Frozen):
+    name: str
+    color: tuple[int, int, int]
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in v):
+            raise ValueError(f"colour {v} has a channel outside 0-255")
+        return v
+
+
+class DataParams(_Frozen):
+    dataset: Literal["bdd100k", "kitti_road"] = "bdd100k"
+    raw_dir: str = "data/bdd100k"
+    remapped_dir: str = "data/remapped"
+    ignore_index: int = Field(255, ge=0, le=255)
+    num_workers: int = Field(2, ge=0)
+    source_classes: tuple[ClassDef, ...]
+    mapping: dict[int, int]
+    classes: tuple[ClassDef, ...]
+    kitti_classes: tuple[ClassDef, ...]
+
+    @model_validator(mode="after")
+    def _mapping_is_total_and_in_range(self) -> DataParams:
+        n_src, n_dst = len(self.source_classes), len(self.classes)
+        missing = sorted(set(range(n_src)) - set(self.mapping))
+        if missing:
+            raise ValueError(f"data.mapping is not total: source ids {missing} are not mapped")
+        extra = sorted(set(self.mapping) - set(range(n_src)))
+        if extra:
+            raise ValueError(f"data.mapping maps source ids {extra} that do not exist (0-{n_src - 1})")
+        bad = {s: d for s, d in self.mapping.items() if d != self.ignore_index and not 0 <= d < n_dst}
+        if bad:
+            raise ValueError(
+                f"data.mapping maps beyond the {n_dst} merged classes: {bad} "
+                f"(allowed: 0-{n_dst - 1} or {self.ignore_index} for ignore)"
+            )
+        return self
+
+    @property
+    def class_table(self) -> tuple[ClassDef, ...]:
+        """The classes the model predicts for the configured dataset."""
+        return self.kitti_classes if self.dataset == "kitti_road" else self.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_table)
+
+    def lookup_table(self) -> np.ndarray:
+        """256-entry uint8 LUT: source id -> merged id; unknown ids and ignore stay ignore."""
+        lut = np.full(256, self.ignore_index, dtype=np.uint8)
+        for src, dst in self.mapping.items():
+            lut[src] = dst
+        return lut
+
+
+class SynthParams(_Frozen):
+    out_dir: str = "data/bdd100k"
+    train: int = Field(24, ge=0)
+    val: int = Field(8, ge=0)
+    test: int = Field(4, ge=0)
+    height: int = Field(180, ge=32)
+    width: int = Field(320, ge=32)
+    seed: int = 0
+
+
+class ValidateParams(_Frozen):
+    report_dir: str = "reports/validation"
+    max_ignore_fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class RemapParams(_Frozen):
+    link_images: bool = True
+
+
+class AugmentParams(_Frozen):
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    hflip_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class ModelParams(_Frozen):
+    name: Literal["unet", "baseline"] = "unet"
+    base_channels: int = Field(16, ge=1)
+    in_channels: int = Field(3, ge=1)
+
+
+class LossParams(_Frozen):
+    name: Literal["wce", "ohem", "dice", "dice_ce", "iou"] = "dice_ce"
+    ohem_top_k: float = Field(0.25, gt=0.0, le=1.0)
+    dice_weight: float = Field(0.5, ge=0.0)
+    ce_weight: float = Field(0.5, ge=0.0)
+    smooth: float = Field(1.0, ge=0.0)
+
+
+class TrainParams(_Frozen):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    image_size: tuple[int, int] = (96, 160)
+    lr: float = Field(0.003, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_epochs: int = Field(1, ge=0)
+    schedule: Literal["poly", "cosine"] = "poly"
+    early_stopping_patience: int = Field(20, ge=1)
+    seed: int = 0
+    compile: bool = False
+    sample_every: int = Field(5, ge=1)
+    checkpoint_dir: str = "artifacts/checkpoints"
+    experiment: str | None = None
+
+
+class EvaluateParams(_Frozen):
+    split: str = "val"
+    batch_size: int = Field(8, ge=1)
+
+
+class RegisterParams(_Frozen):
+    model_name: str = "roadseg-unet"
+    min_miou: float = Field(0.05, ge=0.0, le=1.0)
+    class_iou_floor: float = Field(0.0, ge=0.0, le=1.0)
+    margin: float = Field(0.005, ge=0.0)
+
+
+class ServeParams(_Frozen):
+    port: int = Field(3000, ge=1, le=65535)
+    max_request_bytes: int = Field(50 * 2**20, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_zip_entries: int = Field(256, ge=1)
+    max_zip_uncompressed_bytes: int = Field(200 * 2**20, ge=1)
+    max_video_frames: int = Field(900, ge=1)
+    max_video_seconds: float = Field(60, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_latency_ms: int = Field(2000, ge=1)
+    overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class DriftParams(_Frozen):
+    threshold: float = Field(0.5, gt=0.0, le=1.0)
+    stattest_threshold: float = Field(0.05, gt=0.0, lt=1.0)
+    log_dir: str = "monitoring"
+
+
+class PipelineParams(_Frozen):
+    loss_variants: tuple[Literal["wce", "ohem", "dice", "dice_ce", "iou"], ...] = (
+        "wce",
+        "ohem",
+        "dice",
+        "dice_ce",
+    )
+    host: str | None = None
+
+
+class Params(_Frozen):
+    data: DataParams
+    synth: SynthParams = SynthParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    remap: RemapParams = RemapParams()
+    augment: AugmentParams = AugmentParams()
+    model: ModelParams = ModelParams()
+    loss: LossParams = LossParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
+    serve: ServeParams = ServeParams()
+    drift: DriftParams = DriftParams()
+    pipeline: PipelineParams = PipelineParams()
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able dict with the same keys as params.yaml."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> leaf values (lists kept whole), e.g. for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = node
+
+        walk("", self.to_dict())
+        return out
+
+    def digest(self) -> str:
+        """Stable short hash of the resolved params (logged, tagged and used as a cache key)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {item!r} is not of the form dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ParamsError(f"override {item!r}: value is not valid YAML ({e})") from e
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Set dotted keys in a copy of the raw params dict; a key that does not exist is an error."""
+    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    for item in overrides:
+        path, value = _parse_override(item)
+        node: Any = out
+        for i, part in enumerate(path):
+            dotted = ".".join(path[: i + 1])
+            if isinstance(node, dict) and node and all(isinstance(k, int) for k in node):
+                part = int(part) if part.lstrip("-").isdigit() else part  # type: ignore[assignment]
+            if not isinstance(node, dict) or part not in node:
+                if i == len(path) - 1 and isinstance(node, dict) and _is_optional_leaf(path):
+                    break
+                raise ParamsError(f"unknown params key {dotted!r} (in override {item!r})")
+            if i < len(path) - 1:
+                node = node[part]
+        node[part] = value
+    return out
+
+
+_ALIASED = {"validate": "validate_", "register": "register_"}
+
+
+def _is_optional_leaf(path: list[str]) -> bool:
+    """Keys that the model defines with a default but that a params file may omit."""
+    section = _ALIASED.get(path[0], path[0])
+    field = Params.model_fields.get(section)
+    if field is None or len(path) != 2:
+        return False
+    sub = field.annotation
+    return hasattr(sub, "model_fields") and path[1] in sub.model_fields
+
+
+def parse_params(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Validate a raw params dict (plus overrides) into `Params`, with readable errors."""
+    if not isinstance(raw, dict):
+        raise ParamsError("params must be a mapping of sections")
+    merged = apply_overrides(raw, overrides)
+    for field_name, field in Params.model_fields.items():
+        if field_name != "data":
+            merged.setdefault(field.alias or field_name, {})
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            kind = "unknown params key" if err["type"] == "extra_forbidden" else "invalid"
+            lines.append(f"{kind} {loc!r}: {err['msg']}" if loc else err["msg"])
+        raise ParamsError("; ".join(lines)) from None
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read a params YAML (default: the repository's params.yaml) and apply `key=value` overrides."""
+    p = Path(path) if path else DEFAULT_PARAMS
+    if not p.is_file():
+        raise ParamsError(f"params file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{p}: not valid YAML ({e})") from e
+    return parse_params(raw, overrides)

@@ -1,0 +1,1 @@
+"""Dataset readers, synthesis, validation and label remapping."""

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real BDD100k sample (skipped when absent) and a small synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from roadseg.config import Params, load_params
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = Path(os.environ.get("ROADSEG_SAMPLE_DIR", REPO.parent / "shared/data/bdd100k-sample"))
+
+
+@pytest.fixture(scope="session")
+def params() -> Params:
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    """The 16-image real BDD100k sample, read in place (never copied into the repo)."""
+    if not (SAMPLE / "images/10k").is_dir():
+        pytest.skip(f"real BDD100k sample not found at {SAMPLE} (set ROADSEG_SAMPLE_DIR)")
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small deterministic synthetic dataset in the BDD100k layout (train 12, val 4, test 2)."""
+    from roadseg.data.synth import synthesize_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize_dataset(out, train=12, val=4, test=2, height=96, width=160, seed=0)
+    return out
