@@ -1,0 +1,223 @@
+"""Pre- and post-processing shared by training, evaluation and serving.
+
+One module so that what the network sees when it is evaluated and when it is served cannot drift
+apart: images are resized to the model's training size and normalised here (`preprocess`), and
+logits are upsampled back to each input's resolution and turned into masks here (`predict`).
+
+    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
+    preds = predict(model, [image], spec)          # image: RGB uint8 (H, W, 3)
+    png = encode_png(overlay(image, preds[0].mask, spec.colors))
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from roadseg.config import Params
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to run a trained model on raw images; stored with every saved model."""
+
+    model_name: str
+    num_classes: int
+    in_channels: int
+    base_channels: int
+    image_size: tuple[int, int]  # (H, W) the network saw during training
+    mean: tuple[float, float, float]  # per channel, images scaled to [0, 1]
+    std: tuple[float, float, float]
+    class_names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    ignore_index: int = 255
+    dataset: str = "bdd100k"
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. loss name, params digest
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != self.num_classes or len(self.colors) != self.num_classes:
+            raise ValueError(
+                f"ModelSpec: {self.num_classes} classes but {len(self.class_names)} names "
+                f"and {len(self.colors)} colours"
+            )
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"ModelSpec: image_size must be (H, W) > 0, got {self.image_size}")
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError("ModelSpec: mean and std need one value per input channel")
+        if min(self.std) <= 0:
+            raise ValueError(f"ModelSpec: std must be positive, got {self.std}")
+
+    @classmethod
+    def from_params(
+        cls, params: Params, *, mean: Sequence[float], std: Sequence[float], **extra: Any
+    ) -> ModelSpec:
+        table = params.data.class_table
+        return cls(
+            model_name=params.model.name,
+            num_classes=params.data.num_classes,
+            in_channels=params.model.in_channels,
+            base_channels=params.model.base_channels,
+            image_size=tuple(params.train.image_size),
+            mean=tuple(float(m) for m in mean),
+            std=tuple(float(s) for s in std),
+            class_names=tuple(c.name for c in table),
+            colors=tuple(tuple(c.color) for c in table),
+            ignore_index=params.data.ignore_index,
+            dataset=params.data.dataset,
+            extra=dict(extra),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (tuples become lists)."""
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["colors"] = [list(c) for c in self.colors]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        required = ("model_name", "num_classes", "in_channels", "base_channels", "image_size")
+        missing = [k for k in (*required, "mean", "std", "class_names", "colors") if k not in d]
+        if missing:
+            raise ValueError(f"model spec is missing {missing}")
+        known["image_size"] = tuple(int(x) for x in known["image_size"])
+        known["mean"] = tuple(float(x) for x in known["mean"])
+        known["std"] = tuple(float(x) for x in known["std"])
+        known["class_names"] = tuple(known["class_names"])
+        known["colors"] = tuple(tuple(int(x) for x in c) for c in known["colors"])
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's prediction at the image's own resolution."""
+
+    mask: np.ndarray  # (H, W) uint8 class ids
+    confidence: float  # mean over pixels of the max softmax probability
+    class_shares: dict[str, float]  # class name -> share of pixels predicted as that class
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an RGB uint8 image to (H, W); a no-op when it already has that size."""
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a class-id mask to (H, W), so no new ids are invented."""
+    h, w = size
+    if mask.shape[:2] == (h, w):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> float32 tensor (3, H, W), scaled to [0, 1] then standardised."""
+    # torch.tensor copies, so read-only arrays (np.asarray of a PIL image) are fine
+    t = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1).div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return t.sub_(m).div_(s)
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) array, or a ValueError saying what is wrong."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    return image[:, :, :3]
+
+
+def preprocess(images: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
+    """Resize each image to the training size and normalise.
+
+    Shape:
+        images: N arrays (H_i, W_i, 3) uint8 -> (N, 3, H, W) float32 with (H, W) = spec.image_size.
+    """
+    if len(images) == 0:
+        raise ValueError("preprocess needs at least one image")
+    batch = [
+        normalize(resize_image(check_image(im), spec.image_size), spec.mean, spec.std)
+        for im in images
+    ]
+    return torch.stack(batch)
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    spec: ModelSpec,
+    device: torch.device | str | None = None,
+    batch_size: int = 8,
+) -> list[Prediction]:
+    """Masks at each input's own resolution.
+
+    Logits are computed at spec.image_size, upsampled bilinearly to each input's (H, W), then
+    soft-maxed and arg-maxed there, so evaluation and serving score the same pixels.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    out: list[Prediction] = []
+    for start in range(0, len(images), batch_size):
+        chunk = [check_image(im) for im in images[start : start + batch_size]]
+        x = preprocess(chunk, spec).to(device)
+        logits = model(x).float()
+        for im, lg in zip(chunk, logits, strict=True):
+            h, w = im.shape[:2]
+            up = F.interpolate(lg[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            probs = up.softmax(dim=0)
+            conf, mask = probs.max(dim=0)
+            counts = torch.bincount(mask.flatten(), minlength=spec.num_classes).double()
+            shares = (counts / counts.sum()).tolist()
+            out.append(
+                Prediction(
+                    mask=mask.to(torch.uint8).cpu().numpy(),
+                    confidence=float(conf.mean()),
+                    class_shares=dict(zip(spec.class_names, shares, strict=True)),
+                )
+            )
+    return out
+
+
+def colorize(mask: np.ndarray, colors: Sequence[Sequence[int]]) -> np.ndarray:
+    """Class-id mask (H, W) -> RGB uint8 (H, W, 3); ids without a colour (ignore) are black."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)
+    return palette[mask]
+
+
+def overlay(
+    image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5
+) -> np.ndarray:
+    """Blend the colourised mask over the image: (1 - alpha) * image + alpha * colours."""
+    if image.shape[:2] != mask.shape[:2]:
+        raise ValueError(f"image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    blend = (1.0 - alpha) * image[:, :, :3].astype(np.float32) + alpha * colorize(mask, colors)
+    return blend.round().clip(0, 255).astype(np.uint8)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a (H, W) or (H, W, 3) uint8 array."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
