@@ -10,7 +10,10 @@ pipeline stores a reference profile of the training images with each registered 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +207,203 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
             except json.JSONDecodeError:
                 continue  # a line torn by a crash mid-write: skip it, keep the rest
     return pd.DataFrame(rows)
+
+
+# --- drift report ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """Drift of one feature: Evidently's score, the test behind it and its verdict."""
+
+    score: float
+    method: str
+    threshold: float
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """Outcome of `run_drift_report`."""
+
+    drift_share: float
+    threshold: float
+    features: dict[str, FeatureDrift]
+    n_reference: int
+    n_current: int
+    html_path: Path | None = None
+    json_path: Path | None = None
+    timestamp: float = field(default_factory=time.time)
+
+    @property
+    def drifted(self) -> bool:
+        """True when the share of drifted features reaches the alarm threshold."""
+        return self.drift_share >= self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "drift_share": self.drift_share,
+            "threshold": self.threshold,
+            "drifted": self.drifted,
+            "n_reference": self.n_reference,
+            "n_current": self.n_current,
+            "timestamp": self.timestamp,
+            "features": {k: asdict(v) for k, v in self.features.items()},
+        }
+
+
+def feature_columns(reference: pd.DataFrame, current: pd.DataFrame) -> list[str]:
+    """Numeric feature columns present in both frames (metadata columns excluded)."""
+    cols = []
+    for c in reference.columns:
+        if c in META_COLUMNS or c not in current.columns:
+            continue
+        if pd.api.types.is_numeric_dtype(reference[c]) and pd.api.types.is_numeric_dtype(
+            current[c]
+        ):
+            cols.append(c)
+    return cols
+
+
+def run_drift_report(
+    reference_df: pd.DataFrame,
+    current_df: pd.DataFrame,
+    *,
+    threshold: float,
+    stattest_threshold: float,
+    out_dir: str | Path | None = None,
+    columns: Sequence[str] | None = None,
+) -> DriftResult:
+    """Evidently 0.7 data-drift report of current traffic against the reference profile.
+
+    Evidently picks the test per column (K-S / chi² / Z p-values for references up to 1000
+    rows, Wasserstein / Jensen-Shannon distances above). `stattest_threshold` is a p-value, so it
+    is only passed for the small-reference case; the distances keep Evidently's defaults.
+
+    Args:
+        reference_df: the profile stored with the model (training distribution).
+        current_df: monitoring features of served images.
+        threshold: share of drifted features that counts as dataset drift.
+        stattest_threshold: p-value below which one feature counts as drifted.
+        out_dir: where to write `drift_report.html`, `drift_report.json`, `drift_summary.json`.
+        columns: features to compare (default: numeric columns common to both frames).
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    cols = list(columns) if columns is not None else feature_columns(reference_df, current_df)
+    if not cols:
+        raise ValueError("reference and current data share no numeric feature columns")
+    for name, df in (("reference", reference_df), ("current", current_df)):
+        if len(df) < 2:
+            raise ValueError(f"{name} data has {len(df)} rows; drift needs at least 2")
+    ref = reference_df[cols].astype(float)
+    cur = current_df[cols].astype(float)
+    definition = DataDefinition(numerical_columns=cols)
+    col_threshold = stattest_threshold if len(ref) <= 1000 else None
+    report = Report(
+        [DataDriftPreset(columns=cols, drift_share=threshold, threshold=col_threshold)],
+        include_tests=True,
+    )
+    with np.errstate(all="ignore"):
+        # Evidently 0.7: run(current, reference) — current FIRST.
+        snapshot = report.run(
+            Dataset.from_pandas(cur, data_definition=definition),
+            Dataset.from_pandas(ref, data_definition=definition),
+        )
+    result = _parse_snapshot(snapshot.dict(), threshold, len(ref), len(cur))
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        html, js = out / "drift_report.html", out / "drift_report.json"
+        snapshot.save_html(str(html))
+        snapshot.save_json(str(js))
+        result = DriftResult(**{**result.__dict__, "html_path": html, "json_path": js})
+        (out / "drift_summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def _parse_snapshot(snap: dict[str, Any], threshold: float, n_ref: int, n_cur: int) -> DriftResult:
+    verdicts: dict[str, bool] = {}
+    for test in snap.get("tests", []):
+        params = test.get("metric_config", {}).get("params", {})
+        if params.get("type", "").endswith("ValueDrift"):
+            verdicts[params["column"]] = test["status"] == "FAIL"
+    features: dict[str, FeatureDrift] = {}
+    share = None
+    for metric in snap["metrics"]:
+        cfg = metric["config"]
+        if cfg["type"].endswith("DriftedColumnsCount"):
+            share = float(metric["value"]["share"])
+        elif cfg["type"].endswith("ValueDrift"):
+            col = cfg["column"]
+            features[col] = FeatureDrift(
+                score=float(metric["value"]),
+                method=str(cfg.get("method")),
+                threshold=float(cfg.get("threshold") or 0.0),
+                drifted=verdicts.get(col, False),
+            )
+    if share is None:
+        share = sum(f.drifted for f in features.values()) / max(len(features), 1)
+    return DriftResult(share, threshold, features, n_ref, n_cur)
+
+
+def drift_registry(result: DriftResult, model_version: str):
+    """A prometheus_client registry holding the drift gauges (for textfile or Pushgateway)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from roadseg import __version__
+
+    reg = CollectorRegistry()
+    mv = ["model_version"]
+    Gauge(
+        "roadseg_drift_share", "Share of monitored features that drifted", mv, registry=reg
+    ).labels(model_version).set(result.drift_share)
+    Gauge("roadseg_drift_threshold", "Drift share that raises the alarm", mv, registry=reg).labels(
+        model_version
+    ).set(result.threshold)
+    Gauge(
+        "roadseg_drift_detected", "1 when the drift share reached the threshold", mv, registry=reg
+    ).labels(model_version).set(float(result.drifted))
+    score = Gauge(
+        "roadseg_drift_feature_score",
+        "Evidently drift score per feature (p-value or distance, see method)",
+        ["feature", "method", "model_version"],
+        registry=reg,
+    )
+    flag = Gauge(
+        "roadseg_drift_feature_drifted",
+        "1 when the feature drifted",
+        ["feature", "model_version"],
+        registry=reg,
+    )
+    for name, f in sorted(result.features.items()):
+        score.labels(name, f.method, model_version).set(f.score)
+        flag.labels(name, model_version).set(float(f.drifted))
+    rows = Gauge("roadseg_drift_rows", "Rows compared", ["dataset", "model_version"], registry=reg)
+    rows.labels("reference", model_version).set(result.n_reference)
+    rows.labels("current", model_version).set(result.n_current)
+    Gauge(
+        "roadseg_drift_report_timestamp_seconds",
+        "When the report ran (unix time)",
+        ["model_version", "build"],
+        registry=reg,
+    ).labels(model_version, __version__).set(result.timestamp)
+    return reg
+
+
+def prometheus_text(result: DriftResult, model_version: str) -> str:
+    """The drift gauges in the Prometheus text exposition format (node-exporter textfile)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(drift_registry(result, model_version)).decode()
+
+
+def write_prom_file(text: str, path: str | Path) -> Path:
+    """Write atomically (tmp + rename) so node-exporter never reads a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
