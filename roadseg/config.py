@@ -42,6 +42,7 @@ class ClassDef(_Frozen):
 class DataParams(_Frozen):
     dataset: Literal["bdd100k", "kitti_road"] = "bdd100k"
     raw_dir: str = "data/bdd100k"
+    source_dir: str = "data/synthetic"
     remapped_dir: str = "data/remapped"
     ignore_index: int = Field(255, ge=0, le=255)
     num_workers: int = Field(2, ge=0)
@@ -85,7 +86,7 @@ class DataParams(_Frozen):
 
 
 class SynthParams(_Frozen):
-    out_dir: str = "data/bdd100k"
+    out_dir: str = "data/synthetic"
     train: int = Field(24, ge=0)
     val: int = Field(8, ge=0)
     test: int = Field(4, ge=0)
