@@ -1,0 +1,109 @@
+"""KITTI Road, read as a binary road / not-road dataset (`data.dataset: kitti_road`).
+
+    data_road/training/image_2/<cat>_<num>.png        RGB images (cat: um, umm, uu)
+    data_road/training/gt_image_2/<cat>_road_<num>.png magenta road, red not road, black void
+    data_road/testing/image_2/<cat>_<num>.png          images only
+
+KITTI has no validation split, so `training` is split deterministically by a hash of the file stem
+(about 20% val): the same file always lands in the same split, whatever else is in the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from roadseg.data.bdd100k import Sample
+
+ROAD, NOT_ROAD, VOID = 1, 0, 255
+VAL_PERCENT = 20
+KITTI_SPLITS = ("train", "val", "test")
+
+
+def kitti_root(root: Path | str) -> Path:
+    """The `data_road` folder, given it or its parent."""
+    root = Path(root)
+    return root if (root / "training").is_dir() or root.name == "data_road" else root / "data_road"
+
+
+def split_of(stem: str) -> str:
+    """'val' for about VAL_PERCENT% of stems (stable hash), else 'train'."""
+    h = int(hashlib.sha1(stem.encode()).hexdigest()[:8], 16)
+    return "val" if h % 100 < VAL_PERCENT else "train"
+
+
+def _gt_name(stem: str) -> str:
+    cat, _, num = stem.rpartition("_")
+    return f"{cat}_road_{num}.png"
+
+
+def list_samples(root: Path | str, split: str) -> list[Sample]:
+    """Images of a split with their road ground truth (None when missing), sorted by stem."""
+    if split not in KITTI_SPLITS:
+        raise ValueError(f"unknown KITTI split {split!r}; expected one of {list(KITTI_SPLITS)}")
+    base = kitti_root(root) / ("testing" if split == "test" else "training")
+    images = sorted(p for p in (base / "image_2").glob("*.png") if p.is_file())
+    out = []
+    for img in images:
+        if split != "test" and split_of(img.stem) != split:
+            continue
+        gt = base / "gt_image_2" / _gt_name(img.stem)
+        out.append(Sample(split, img.stem, img, gt if split != "test" and gt.is_file() else None))
+    return out
+
+
+def list_pairs(root: Path | str, split: str) -> list[Sample]:
+    """Samples of `split` ('train' or 'val') with both image and ground truth."""
+    return [s for s in list_samples(root, split) if s.label is not None]
+
+
+def decode_label(rgb: np.ndarray) -> np.ndarray:
+    """KITTI colour ground truth (H, W, 3) → uint8 (H, W): 1 road, 0 not road, 255 void."""
+    r, b = rgb[..., 0] > 127, rgb[..., 2] > 127
+    out = np.full(rgb.shape[:2], VOID, np.uint8)
+    out[r & ~b] = NOT_ROAD
+    out[r & b] = ROAD
+    return out
+
+
+def read_label(path: Path | str) -> np.ndarray:
+    """Binary road mask, uint8 (H, W): 1 road (magenta), 0 not road (red), 255 void (black)."""
+    with Image.open(path) as im:
+        return decode_label(np.asarray(im.convert("RGB")))
+
+
+def synthesize_kitti(
+    out: Path | str, n: int, h: int, w: int, seed: int, *, n_test: int = 2
+) -> dict:
+    """Write a tiny KITTI-Road-like dataset (perspective road, noisy colours, void border).
+
+    Returns:
+        Summary: root (the data_road folder), training and testing image counts.
+    """
+    root = Path(out) / "data_road"
+    for sub in ("training/image_2", "training/gt_image_2", "testing/image_2"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cats = ("um", "umm", "uu")
+    for i in range(n + n_test):
+        rng = np.random.default_rng([seed, i])
+        yh, vx = h * rng.uniform(0.35, 0.5), w * rng.uniform(0.35, 0.65)
+        t = np.clip((yy - yh) / (h - yh), 0, None)
+        half = w * rng.uniform(0.3, 0.6) * t
+        road = (yy > yh) & (np.abs(xx - vx - rng.uniform(-0.2, 0.2) * w * t) < half)
+        colour = np.where(road[..., None], [90, 90, 95], [70, 120, 50])
+        colour = np.where((yy < yh)[..., None], [140, 180, 230], colour)
+        img = colour * rng.uniform(0.7, 1.2) + rng.normal(0, 10, (h, w, 3))
+        img = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        stem = f"{cats[i % 3]}_{i:06d}"
+        if i >= n:
+            img.save(root / "testing/image_2" / f"{stem}.png")
+            continue
+        img.save(root / "training/image_2" / f"{stem}.png")
+        gt = np.where(road[..., None], [255, 0, 255], [255, 0, 0]).astype(np.uint8)
+        gt[:, :2] = 0  # a void border, as KITTI has where the ground truth is undefined
+        Image.fromarray(gt).save(root / "training/gt_image_2" / _gt_name(stem))
+    return {"root": str(root), "training": n, "testing": n_test}

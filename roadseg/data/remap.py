@@ -1,0 +1,212 @@
+"""19 → 14 class remap of a BDD100k-layout dataset, with class statistics for weighted losses.
+
+    roadseg data remap --data-dir data/synthetic --out data/remapped
+
+OUT gets the same layout: images hard-linked (copied across file systems), masks remapped with one
+lookup-table pass (`lut[mask]`), `remap.json` (the mapping used: a marker that OUT is a remapped
+dataset) and `class_stats.json` (pixel counts, frequencies and inverse-sqrt-frequency weights over
+the train split, or over every remapped split when there is no train split). Files are processed
+by a pool of worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from roadseg.config import DataParams
+from roadseg.data.bdd100k import (
+    image_dir,
+    list_samples,
+    mask_dir,
+    read_label,
+    resolve_splits,
+    write_mask,
+)
+
+MARKER = "remap.json"
+STATS = "class_stats.json"
+
+
+def remap_mask(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Source ids → merged ids in one vectorised pass.
+
+    Shape:
+        mask: (H, W) uint8; lut: (256,) uint8; returns (H, W) uint8.
+    """
+    if lut.shape != (256,) or lut.dtype != np.uint8:
+        raise ValueError(f"lookup table must be 256 uint8 entries, got {lut.shape} {lut.dtype}")
+    if mask.dtype != np.uint8:
+        raise ValueError(f"mask must be uint8, got {mask.dtype}")
+    return lut[mask]
+
+
+def class_stats_from_counts(counts: np.ndarray, names: list[str], ignore_index: int) -> dict:
+    """Frequencies and weights from per-class pixel counts.
+
+    Weights are 1/sqrt(frequency), normalised to mean 1 over the classes that occur; a class
+    with no pixels gets weight 0 (it never appears in the targets the weights are used with).
+    """
+    counts = np.asarray(counts, dtype=np.int64)[: len(names)]
+    total = counts.sum()
+    freq = counts / total if total else np.zeros(len(names))
+    weights = np.zeros(len(names))
+    seen = counts > 0
+    if seen.any():
+        weights[seen] = 1.0 / np.sqrt(freq[seen])
+        weights[seen] /= weights[seen].mean()
+    return {
+        "classes": list(names),
+        "ignore_index": ignore_index,
+        "pixel_counts": counts.tolist(),
+        "frequencies": [float(f) for f in freq],
+        "weights": [round(float(w), 6) for w in weights],
+    }
+
+
+def compute_class_stats(
+    masks: Iterable[np.ndarray], num_classes: int, ignore_index: int, names=None
+) -> dict:
+    """Class statistics over remapped masks (ignore pixels are not counted)."""
+    counts = np.zeros(256, np.int64)
+    for m in masks:
+        counts += np.bincount(np.asarray(m, dtype=np.uint8).ravel(), minlength=256)
+    names = list(names) if names is not None else [str(i) for i in range(num_classes)]
+    return class_stats_from_counts(counts[:num_classes], names, ignore_index)
+
+
+def place_file(src: Path, dst: Path, link: bool) -> None:
+    """Hard-link `src` to `dst` when asked and possible, else copy (replacing `dst`)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or links not supported
+            pass
+    shutil.copy2(src, dst)
+
+
+_LUT: np.ndarray | None = None
+
+
+def _init_worker(lut: np.ndarray) -> None:
+    global _LUT
+    _LUT = lut
+
+
+def _process(task: tuple) -> np.ndarray:
+    """One sample: place the image, remap the label; returns its 256-bin label histogram."""
+    image, image_dst, label, mask_dst, link = task
+    if image is not None:
+        place_file(image, image_dst, link)
+    if label is None:
+        return np.zeros(256, np.int64)
+    out = remap_mask(read_label(label), _LUT)
+    write_mask(mask_dst, out)
+    return np.bincount(out.ravel(), minlength=256)
+
+
+def _check_out(src: Path, out: Path) -> None:
+    if src.resolve() == out.resolve():
+        raise ValueError(f"output {out} is the input dataset; choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ValueError(f"{out} is not empty and holds no {MARKER}: refusing to write into it")
+
+
+def remap_dataset(
+    src: Path | str,
+    out: Path | str,
+    data_params: DataParams,
+    *,
+    splits: list[str] | None = None,
+    link_images: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Write `out` as `src` with masks remapped 19 → 14, plus remap.json and class_stats.json.
+
+    Args:
+        src: dataset root in the BDD100k layout (masks, or colormaps when masks are absent).
+        out: output root (created; a previous remap output there is updated in place).
+        data_params: mapping, class names and ignore index.
+        splits: splits to remap (default: all present); requested splits that are absent are
+            listed in the summary's `missing`.
+        link_images: hard-link images instead of copying them.
+        workers: worker processes (capped at the cores present; <= 1 runs in this process).
+
+    Returns:
+        Summary: out, splits {split: {"images", "masks"}}, missing, stats path, class_stats.
+    """
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise FileNotFoundError(f"dataset folder {src} does not exist")
+    todo, missing = resolve_splits(src, splits)
+    if not todo:
+        raise ValueError(f"no splits to remap in {src} (requested: {splits or 'all'}, found none)")
+    _check_out(src, out)
+    lut = data_params.lookup_table()
+    tasks, per_split = [], {}
+    for split in todo:
+        samples = list_samples(src, split)
+        per_split[split] = {
+            "images": sum(s.image is not None for s in samples),
+            "masks": sum(s.label is not None for s in samples),
+        }
+        for s in samples:
+            img_dst = image_dir(out, split) / s.image.name if s.image else None
+            tasks.append(
+                (s.image, img_dst, s.label, mask_dir(out, split) / f"{s.stem}.png", link_images)
+            )
+    n_workers = max(1, min(workers, os.cpu_count() or 1, len(tasks) or 1))
+    hist = {split: np.zeros(256, np.int64) for split in todo}
+    bar = tqdm(total=len(tasks), desc="remap", unit="file", disable=not progress)
+    if n_workers > 1:
+        with Pool(n_workers, initializer=_init_worker, initargs=(lut,)) as pool:
+            for task, h in zip(tasks, pool.imap(_process, tasks, chunksize=4), strict=True):
+                hist[_split_of(task, out)] += h
+                bar.update()
+    else:
+        _init_worker(lut)
+        for task in tasks:
+            hist[_split_of(task, out)] += _process(task)
+            bar.update()
+    bar.close()
+    names = [c.name for c in data_params.classes]
+    basis = ["train"] if "train" in todo and per_split["train"]["masks"] else todo
+    counts = sum(hist[s] for s in basis)[: len(names)]
+    stats = class_stats_from_counts(counts, names, data_params.ignore_index)
+    stats["splits"] = basis
+    out.mkdir(parents=True, exist_ok=True)
+    marker = {
+        "source": str(src),
+        "mapping": {str(k): v for k, v in sorted(data_params.mapping.items())},
+        "num_classes": len(names),
+        "classes": names,
+        "source_classes": [c.name for c in data_params.source_classes],
+        "ignore_index": data_params.ignore_index,
+        "splits": per_split,
+    }
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    (out / STATS).write_text(json.dumps(stats, indent=2) + "\n")
+    return {
+        "out": str(out),
+        "splits": per_split,
+        "missing": missing,
+        "stats": str(out / STATS),
+        "class_stats": stats,
+    }
+
+
+def _split_of(task: tuple, out: Path) -> str:
+    # mask destination is OUT/labels/sem_seg/masks/<split>/<stem>.png
+    return task[3].parent.name
