@@ -25,7 +25,7 @@ from roadseg.data import bdd100k
 NUM_SOURCE_CLASSES = 19
 PIXEL_COLUMNS = [f"pixels_{i:02d}" for i in range(NUM_SOURCE_CLASSES)]
 COLUMNS = [
-    "row", "split", "stem", "image_path", "label_path", "has_image", "has_label", "split_labelled",
+    "row", "key", "split", "stem", "image_path", "label_path", "has_image", "has_label", "split_labelled",
     "label_paired", "image_bytes", "label_bytes", "image_decodes", "label_decodes", "image_error",
     "label_error", "image_width", "image_height", "image_size", "image_mode", "label_width",
     "label_height", "label_size", "label_mode", "label_dtype", "label_channels", "label_ids",
@@ -215,6 +215,7 @@ def build_file_table(
     for i, row in enumerate(rows):
         others = sorted(stem_splits[row["stem"]] - {row["split"]})
         row["row"] = i
+        row["key"] = f"{row['split']}/{row['stem']}"  # names offending rows in the Data Docs
         row["split_labelled"] = labelled[row["split"]]
         # Null where the split has no labels at all (e.g. BDD100k test): nothing to pair with.
         row["label_paired"] = (

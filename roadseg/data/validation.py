@@ -191,7 +191,10 @@ def _run_suite(
             name="roadseg-labels",
             validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]},
+            result_format={
+                "result_format": "COMPLETE",
+                "unexpected_index_column_names": ["row", "key"],
+            },
         )
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": table})

@@ -115,7 +115,9 @@ def test_reports_are_written(bad_dir: Path, params, tmp_path: Path) -> None:
     assert result.data_docs_path == tmp_path / "data_docs/index.html"
     assert result.data_docs_path.is_file()
     pages = list((tmp_path / "data_docs/validations").rglob("*.html"))
-    assert pages and "image_decodes" in pages[0].read_text()
+    assert len(pages) == 1
+    html = pages[0].read_text()
+    assert "image_decodes" in html and "train/truncated" in html and "val/all_ignore" in html
     summary = json.loads((tmp_path / "validation_summary.json").read_text())
     assert summary["success"] is False
     assert summary["n_failures"] == len(EXPECTED)
@@ -192,3 +194,25 @@ def test_cli_passes_on_real_sample(real_sample: Path, tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "validation_summary.json").is_file()
+
+
+def test_worker_processes_give_the_same_table(bad_dir: Path, params, monkeypatch) -> None:
+    from roadseg.data import inventory
+
+    serial = build_file_table(bad_dir, params.data, ["train", "val"], workers=1)
+    monkeypatch.setattr(inventory, "_MIN_FILES_FOR_POOL", 0)
+    parallel = build_file_table(bad_dir, params.data, ["train", "val"], workers=2, progress=True)
+    assert parallel.astype(str).equals(serial.astype(str))
+
+
+def test_unlabelled_split_passes_and_empty_split_is_named(params, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "data"
+    _write(root, "train", "a", _jpeg(rng), _mask(rng))
+    _write(root, "test", "t", _jpeg(rng), None)  # BDD100k test has no labels: not a missing mask
+    (root / "images/10k/val").mkdir(parents=True)
+    result = validate_dataset(root, params.data, report_dir=tmp_path / "r")
+    assert [(f.split, f.rule) for f in result.failures] == [("val", "split_not_empty")]
+    assert validate_dataset(
+        root, params.data, splits=["train", "test"], report_dir=tmp_path / "r"
+    ).success
