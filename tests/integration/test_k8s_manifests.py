@@ -568,3 +568,66 @@ def test_pipeline_config_names_match_the_compiled_pipeline(rendered) -> None:
                 [d for d in docs if d["metadata"].get("namespace") == "kubeflow"], kind, name
             )
             assert keys <= set(obj.get("data") or {}), f"{kind} {name} lacks {keys}"
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def _stages(dockerfile: str) -> dict[str, list[str]]:
+    """Stage name -> its instructions (continuation lines joined)."""
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in re.sub(r"\\\n\s*", " ", dockerfile).splitlines():
+        m = re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line, flags=re.I)
+        if m:
+            current = stages.setdefault(m.group(1) or f"stage{len(stages)}", [])
+        elif line.strip() and not line.lstrip().startswith("#"):
+            current.append(line.strip())
+    return stages
+
+
+def test_dockerfile_is_multi_stage_non_root_and_pins_what_the_project_pins() -> None:
+    import mlflow
+
+    text = (REPO / "Dockerfile").read_text()
+    stages = _stages(text)
+    assert {"build", "runtime", "mlflow-build", "mlflow"} <= set(stages)
+    assert list(stages)[-1] == "runtime", "the default target must be the pipeline image"
+    for final in ("runtime", "mlflow"):
+        users = [i.split()[1] for i in stages[final] if i.startswith("USER ")]
+        assert users and users[-1] not in {"0", "root"}, final
+        assert not any(i.startswith("RUN pip") for i in stages[final]), f"{final} builds nothing"
+    pyproject = (REPO / "pyproject.toml").read_text()
+    torch_pin = re.search(r"\"torch==([\w.]+)\"", pyproject).group(1)
+    assert f'"torch=={torch_pin}"' in text
+    assert '--index-url "${TORCH_INDEX}"' in text
+    # Clients and server speak the same MLflow.
+    assert f"mlflow[auth]=={mlflow.__version__}" in text
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in ignored, "the build context is an allow-list"
+    assert "!roadseg/" in ignored and "!params.yaml" in ignored
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    hadolint = REPO / ".venv-tools/bin/hadolint"
+    if not hadolint.exists():
+        pytest.skip("hadolint not installed: run `make tools`")
+    proc = subprocess.run(
+        [str(hadolint), str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_deploy_commands_use_the_pinned_images() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Deploy to Kubernetes") :]
+    tags = _kustomize_images()
+    assert f"TAG={tags[SERVICE_IMAGE]}" in section
+    reg = re.search(r"^REG=(\S+)", section, flags=re.M).group(1)
+    assert "bentoml containerize roadseg:latest -t $REG/roadseg-service:$TAG" in section
+    assert "docker build -t $REG/roadseg-pipeline:$TAG ." in section
+    assert f"{reg}/roadseg-service" == SERVICE_IMAGE
+    assert f"{reg}/roadseg-pipeline" == PIPELINE_IMAGE
+    assert len({tags[SERVICE_IMAGE], tags[PIPELINE_IMAGE], tags[f"{reg}/roadseg-mlflow"]}) == 1
+    assert "kubectl apply -k k8s/overlays/prod" in section
+    assert "X-API-Key" in section and "roadseg pipeline submit --host" in section
