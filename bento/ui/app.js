@@ -42,12 +42,13 @@
     return state.apiKey ? { "X-API-Key": state.apiKey } : {};
   }
 
-  /** The service's error text from a 4xx/5xx body ({"error": ...}, {"detail": ...} or plain text). */
+  /** The service's error text from a 4xx/5xx body: {"error": code, "detail": text}, FastAPI's
+   * {"detail": [{msg}...]}, or plain text. */
   function errorMessage(status, text) {
     let message = (text || "").trim();
     try {
       const body = JSON.parse(text);
-      const found = body.error ?? body.detail ?? body.message ?? body.errors ?? body;
+      const found = body.detail ?? body.message ?? body.error ?? body;
       if (typeof found === "string") message = found;
       else if (Array.isArray(found))
         message = found.map((e) => (typeof e === "string" ? e : e.msg || JSON.stringify(e))).join("; ");
@@ -141,6 +142,9 @@
     $("model-name").textContent = body.model_name ?? body.name ?? "unknown";
     $("model-version").textContent = String(body.model_version ?? body.version ?? "unknown");
     $("model-run").textContent = body.run_id ?? body.mlflow_run_id ?? "unknown";
+    const hash = body.params_hash;
+    $("model-params-item").hidden = !hash;
+    $("model-params").textContent = hash ? String(hash).slice(0, 12) : "";
     const uri = body.model_uri ?? body.uri;
     if (uri) $("model-name").title = uri;
   }
@@ -340,7 +344,9 @@
     const li = document.createElement("li");
     const strong = document.createElement("strong");
     strong.textContent = name;
-    li.append(strong, document.createTextNode(` — rejected: ${message}`));
+    // The service names the file itself ("x.txt: not an image …"); do not say it twice.
+    const text = message.startsWith(`${name}: `) ? message.slice(name.length + 2) : message;
+    li.append(strong, document.createTextNode(` — rejected: ${text}`));
     li.dataset.file = name;
     $("errors").append(li);
     $("empty").hidden = true;
@@ -351,7 +357,7 @@
 
   async function segmentImage(file) {
     const form = new FormData();
-    form.append("image", file, file.name);
+    form.append("file", file, file.name);
     const { body, headers } = await fetchJson("/segment/json", { method: "POST", body: form });
     const maskB64 = body.mask ?? body.mask_png ?? body.mask_base64;
     await addItem({
@@ -442,7 +448,7 @@
     for (const g of shown) {
       const original = g.original || g.overlay || g.color;
       await addItem(
-        { name: g.name, original, mask: g.mask, color: g.color, modelVersion: version },
+        { name: g.name.split("/").pop(), original, mask: g.mask, color: g.color, modelVersion: version },
         section,
       );
     }
