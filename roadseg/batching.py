@@ -1,0 +1,186 @@
+"""Adaptive batching of concurrent requests onto one model (the serving hot path).
+
+Every endpoint submits its images to one `InferenceEngine`; a single worker takes whatever is
+queued (up to `max_batch_size` images, waiting at most `max_wait_ms` for more once the first
+arrives) and runs `roadseg.serving.predict` on it in one thread. While a batch runs, new
+requests queue up, so the batch size adapts to the load with no added latency when idle.
+We batch here rather than with a `@bentoml.api(batchable=True)` method because BentoML only
+batches calls that arrive through its own HTTP routes, and the legacy multipart/ZIP/video
+endpoints live on a mounted FastAPI app; one queue serves them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from roadseg.serving import ModelSpec, Prediction, predict
+
+# (batch_size, seconds) after each forward pass, for metrics.
+Observer = Callable[[int, float], None]
+
+
+class InferenceEngine:
+    """A loaded model behind an asyncio batching queue."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        info: dict[str, Any],
+        *,
+        device: str | torch.device = "cpu",
+        max_batch_size: int = 8,
+        max_wait_ms: float = 2.0,
+        observer: Observer | None = None,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.spec = spec
+        self.info = info
+        self.device = torch.device(device)
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.observer = observer
+        self.ready = False
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        # One inference thread: the model is not re-entrant-safe on every backend and torch
+        # already parallelises inside an op.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roadseg-infer")
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("version") or "unknown")
+
+    def predict_now(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Synchronous batched prediction (no queue): warm-up, benchmarks, offline use."""
+        start = time.perf_counter()
+        out = predict(
+            self.model, list(images), self.spec, device=self.device, batch_size=self.max_batch_size
+        )
+        if self.observer is not None:
+            self.observer(len(images), time.perf_counter() - start)
+        return out
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]] = ((360, 640),)) -> None:
+        """Run dummy batches so the first request does not pay for lazy init; then mark ready."""
+        for h, w in sizes:
+            self.predict_now([np.zeros((h, w, 3), np.uint8)] * min(2, self.max_batch_size))
+        self.ready = True
+
+    async def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Queue the images and wait for their predictions (same order)."""
+        if not images:
+            return []
+        self._ensure_worker()
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in images]
+        for im, fut in zip(images, futures, strict=True):
+            await self._queue.put((im, fut))
+        return list(await asyncio.gather(*futures))
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        while True:
+            items = [await queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(items) < self.max_batch_size:
+                try:
+                    items.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        items.append(await asyncio.wait_for(queue.get(), remaining))
+                    except TimeoutError:
+                        break
+            live = [(im, fut) for im, fut in items if not fut.done()]  # drop cancelled requests
+            if not live:
+                continue
+            try:
+                preds = await loop.run_in_executor(
+                    self._executor, self.predict_now, [im for im, _ in live]
+                )
+            except Exception as e:  # one bad batch must not kill the worker
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), pred in zip(live, preds, strict=True):
+                if not fut.done():
+                    fut.set_result(pred)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=False)
+
+
+def model_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, Any]:
+    """Name, version, run id and params hash of a loaded model (for `/metadata`)."""
+    digest = spec.extra.get("params_digest")
+    run_id = info.get("run_id")
+    if digest is None and run_id and info.get("source") == "mlflow":
+        try:
+            from mlflow import MlflowClient
+
+            digest = MlflowClient().get_run(run_id).data.params.get("params_digest")
+        except Exception:  # metadata is best effort; serving must not fail on it
+            digest = None
+    return {
+        "model_name": info.get("name") or spec.model_name,
+        "architecture": spec.model_name,
+        "version": str(info.get("version") or "unknown"),
+        "run_id": run_id,
+        "model_id": info.get("model_id"),
+        "model_uri": info.get("uri"),
+        "params_hash": digest,
+        "dataset": spec.dataset,
+        "num_classes": spec.num_classes,
+        "image_size": list(spec.image_size),
+        "loss": spec.extra.get("loss"),
+    }
+
+
+def create_engine(
+    model_uri: str,
+    *,
+    device: str | None = None,
+    max_batch_size: int = 8,
+    max_wait_ms: float = 2.0,
+    observer: Observer | None = None,
+    warm_up: bool = True,
+) -> tuple[InferenceEngine, dict[str, Any]]:
+    """Load a model (any URI `roadseg.modelio.load_model` takes), wrap it, warm it up.
+
+    Returns the engine and its metadata. The device defaults to CUDA when available.
+    """
+    from roadseg.modelio import load_model
+
+    model, spec, info = load_model(model_uri)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    engine = InferenceEngine(
+        model,
+        spec,
+        info,
+        device=device,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        observer=observer,
+    )
+    if warm_up:
+        engine.warm_up()
+    return engine, model_metadata(spec, info) | {"device": str(engine.device)}
