@@ -6,6 +6,7 @@ Commands stay a few lines: load params, call one library function, report.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -216,10 +217,186 @@ def demo(params: ParamsOpt = None, set_: SetOpt = None) -> None:
 # --- training and evaluation ---------------------------------------------------------------
 
 
+def _tracking_uri() -> str:
+    from roadseg.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+def _echo(message: str) -> None:
+    console.print(message, markup=False, highlight=False)
+
+
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="raw BDD100k, `data remap` output, or KITTI road dir")]
+
+
+@app.command("train")
+def train(
+    data_dir: DataDirOpt,
+    model: Annotated[str | None, typer.Option("--model", help="unet | baseline (model.name)")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="wce | ohem | dice | dice_ce | iou (loss.name)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from train.checkpoint_dir/last.pt")] = False,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="MLflow run name")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the result (run id, model uri, best scores)")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train a model (tracked in MLflow at $MLFLOW_TRACKING_URI, default sqlite:///mlruns.db)."""
+    import dataclasses
+    import json
+
+    from roadseg.training import train_model
+
+    extra = [f"model.name={model}"] * bool(model) + [f"loss.name={loss}"] * bool(loss)
+    p = get_params(params, [*(set_ or []), *extra])
+    try:
+        result = train_model(p, data_dir, resume=resume, tracking_uri=_tracking_uri(), run_name=run_name, echo=_echo)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    best = result.best_val.get("miou")
+    _echo(f"run {result.run_id}: best val mIoU {best if best is None else round(best, 4)} at epoch "
+          f"{result.best_epoch}; model {result.model_uri}; checkpoints in {result.checkpoint_dir}")  # fmt: skip
+    if json_out:
+        out = dataclasses.asdict(result) | {"checkpoint_dir": str(result.checkpoint_dir)}
+        out["best_val"] = {k: v for k, v in result.best_val.items() if k != "confusion_matrix"}
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(out, indent=2))
+
+
+@app.command("evaluate")
+def evaluate(
+    data_dir: DataDirOpt,
+    model_uri: Annotated[str | None, typer.Option("--model-uri", help="models:/name@alias, models:/name/N, models:/m-<id>, runs:/<id>/model or a .pt checkpoint")] = None,
+    pred_dir: Annotated[Path | None, typer.Option("--pred-dir", help="score ready-made masks P/<stem>.png (merged-class ids)")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="split to score (default: evaluate.split)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the scores as JSON")] = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="MLflow run to log the scores to (default: the model's run)")] = None,
+    save_preds: Annotated[Path | None, typer.Option("--save-preds", help="with --model-uri: also write the predicted masks here")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Score a model or a directory of prediction masks on a split (full resolution)."""
+    import json
+
+    from rich.console import Console as StdoutConsole
+
+    from roadseg import evaluation
+
+    p = get_params(params, set_)
+    split = split or p.evaluate.split
+    if (model_uri is None) == (pred_dir is None):
+        fail("give exactly one of --model-uri and --pred-dir", 2)
+    uri = _tracking_uri()
+    try:
+        if model_uri:
+            import mlflow
+
+            from roadseg.modelio import load_model
+
+            mlflow.set_tracking_uri(uri)
+            model, spec, info = load_model(model_uri)
+            scores = evaluation.evaluate_model(model, spec, data_dir, p, split, pred_dir=save_preds)
+            run_id = run_id or info.get("run_id")
+        else:
+            scores = evaluation.evaluate_predictions(pred_dir, data_dir, p, split)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    out = StdoutConsole()
+    for table in evaluation.score_tables(scores):
+        out.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(scores, indent=2))
+    if run_id:
+        try:
+            evaluation.log_scores(scores, run_id, uri, prefix=f"eval_{split}")
+            _echo(f"logged to MLflow run {run_id}")
+        except Exception as e:
+            _echo(f"warning: could not log to MLflow run {run_id}: {e}")
+
+
+
 # --- pipeline --------------------------------------------------------------------------------
 
 
 # --- serving and drift -----------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(
+    model_uri: Annotated[
+        str | None, typer.Option(help="model to serve (default: $ROADSEG_MODEL_URI or champion)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: serve.port)")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the BentoML service locally (`bentoml serve bento.service:RoadSegService`)."""
+    import subprocess
+    import sys
+
+    if set_:
+        fail("--set is not passed to the service; put overrides in a params file (--params)", 2)
+    p = get_params(params, set_)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=_tracking_uri())
+    if model_uri:
+        env["ROADSEG_MODEL_URI"] = model_uri
+    if params:
+        env["ROADSEG_PARAMS"] = str(params.resolve())
+    port = port or p.serve.port
+    service = "bento.service:RoadSegService"
+    cmd = [sys.executable, "-m", "bentoml", "serve", service, "--port", str(port)]
+    try:
+        code = subprocess.call(cmd, cwd=Path(__file__).resolve().parent.parent, env=env)
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+@app.command("drift")
+def drift(
+    reference: Annotated[str, typer.Option(help="profile (.csv/.parquet) or models:/name@alias")],
+    current: Annotated[Path, typer.Option(help="monitoring log (.jsonl) or a folder of them")],
+    out: Annotated[Path, typer.Option(help="folder for the HTML/JSON report and drift.prom")],
+    prom_file: Annotated[
+        Path | None, typer.Option(help="also write the gauges here (node-exporter textfile)")
+    ] = None,
+    pushgateway: Annotated[str | None, typer.Option(help="push the gauges to this URL")] = None,
+    model_version: Annotated[str | None, typer.Option(help="version label for the gauges")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Evidently drift report of served traffic vs the reference; exit 1 on drift."""
+    from roadseg.drift import check_drift, drift_registry, prometheus_text, write_prom_file
+
+    p = get_params(params, set_)
+    try:
+        result, version = check_drift(
+            reference, current, out, p.drift, tracking_uri=_tracking_uri(), model_version=model_version
+        )
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e), 2)
+    except Exception as e:  # MLflow lookups: unknown model or alias, missing artifact
+        fail(f"cannot run the drift report: {e}", 2)
+    text = prometheus_text(result, version)
+    if prom_file:
+        write_prom_file(text, prom_file)
+    if pushgateway:
+        from prometheus_client import push_to_gateway
+
+        try:
+            push_to_gateway(pushgateway, job="roadseg-drift", registry=drift_registry(result, version))
+        except OSError as e:
+            fail(f"cannot push to {pushgateway}: {e}", 2)
+    if not prom_file and not pushgateway:
+        typer.echo(text)
+    drifted = [k for k, f in result.features.items() if f.drifted]
+    console.print(
+        f"drift share {result.drift_share:.2f} (threshold {result.threshold:.2f}); "
+        f"drifted: {', '.join(drifted) or 'none'}; report: {result.html_path}"
+    )
+    if result.drifted:
+        fail(f"data drift: {len(drifted)}/{len(result.features)} features drifted", 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,228 @@
+"""Evaluation of a model, or of ready-made prediction masks, on a split at full resolution.
+
+Both paths share one confusion matrix per split (`roadseg.metrics`) and the same ground truth
+reader as training (`roadseg.data.dataset.label_reader`: raw BDD100k masks are remapped 19 -> 14
+on load), so a model's score and the score of its exported masks are identical:
+
+    roadseg evaluate --model-uri models:/roadseg-unet@champion --data-dir data/bdd100k --split val
+    roadseg evaluate --pred-dir preds/ --data-dir data/bdd100k --split val --json scores.json
+
+Means (mIoU, mean Dice, mean accuracy) average over the classes present in the ground truth of
+the split, as the BDD100k toolkit does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from roadseg.config import Params
+from roadseg.data.bdd100k import read_image, write_mask
+from roadseg.data.dataset import label_reader, list_split
+from roadseg.metrics import ConfusionMatrix
+from roadseg.serving import ModelSpec, colorize, overlay, predict, resize_image, resize_mask
+
+
+def _check_spec(spec: ModelSpec, params: Params) -> None:
+    if spec.num_classes != params.data.num_classes:
+        raise ValueError(
+            f"the model predicts {spec.num_classes} classes but dataset "
+            f"{params.data.dataset!r} has {params.data.num_classes}"
+        )
+
+
+def evaluate_model(
+    model: nn.Module,
+    spec: ModelSpec,
+    data_dir: Path,
+    params: Params,
+    split: str,
+    *,
+    device: torch.device | str | None = None,
+    pred_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Scores of the model on a split; masks predicted at each image's full resolution.
+
+    With `pred_dir`, the predicted masks are also written as `<stem>.png` (merged-class ids), the
+    format `evaluate_predictions` reads.
+    """
+    _check_spec(spec, params)
+    samples = list_split(data_dir, params, split)
+    read_label = label_reader(data_dir, params)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
+    cm = ConfusionMatrix(spec.num_classes, params.data.ignore_index)
+    bs = params.evaluate.batch_size
+    for start in tqdm(range(0, len(samples), bs), desc=f"evaluate {split}", disable=not progress):
+        chunk = samples[start : start + bs]
+        images = [read_image(s.image) for s in chunk]
+        for s, image, p in zip(
+            chunk, images, predict(model, images, spec, device, bs), strict=True
+        ):
+            truth = read_label(s.label)
+            if truth.shape != image.shape[:2]:
+                raise ValueError(
+                    f"{s.label}: label {truth.shape} and image {image.shape[:2]} differ"
+                )
+            cm.update(torch.tensor(p.mask, dtype=torch.long), torch.tensor(truth, dtype=torch.long))
+            if pred_dir is not None:
+                write_mask(Path(pred_dir) / f"{s.stem}.png", p.mask)
+    return _finish(cm, spec.class_names, split, len(samples))
+
+
+def read_prediction(
+    path: Path, shape: tuple[int, int], num_classes: int, ignore: int
+) -> np.ndarray:
+    """A prediction mask, or a ValueError naming the file (missing, wrong size, bad ids)."""
+    if not path.is_file():
+        raise ValueError(f"missing prediction: {path}")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P"):
+                raise ValueError(f"prediction {path} must be a single-channel PNG, got {im.mode}")
+            mask = np.asarray(im)
+    except OSError as e:
+        raise ValueError(f"prediction {path} is not a readable image ({e})") from e
+    if mask.shape != shape:
+        raise ValueError(f"prediction {path} has size {mask.shape}, the ground truth {shape}")
+    bad = np.setdiff1d(np.unique(mask), [*range(num_classes), ignore])
+    if bad.size:
+        raise ValueError(f"prediction {path} has class ids {bad.tolist()} (0-{num_classes - 1})")
+    return mask
+
+
+def evaluate_predictions(
+    pred_dir: Path, data_dir: Path, params: Params, split: str, *, progress: bool = True
+) -> dict[str, Any]:
+    """Scores of prediction masks `pred_dir/<stem>.png` (merged-class ids) against a split."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise ValueError(f"prediction directory not found: {pred_dir}")
+    samples = list_split(data_dir, params, split)
+    read_label = label_reader(data_dir, params)
+    n, ignore = params.data.num_classes, params.data.ignore_index
+    cm = ConfusionMatrix(n, ignore)
+    for s in tqdm(samples, desc=f"score {split}", disable=not progress):
+        truth = read_label(s.label)
+        pred = read_prediction(pred_dir / f"{s.stem}.png", truth.shape, n, ignore)
+        cm.update(torch.tensor(pred, dtype=torch.long), torch.tensor(truth, dtype=torch.long))
+    return _finish(cm, [c.name for c in params.data.class_table], split, len(samples))
+
+
+def _finish(cm: ConfusionMatrix, names: Sequence[str], split: str, n: int) -> dict[str, Any]:
+    scores = cm.compute(list(names))
+    scores |= {"split": split, "num_images": n, "confusion_matrix": cm.matrix.cpu().tolist()}
+    return scores
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-safe metric name part: 'wall/fence' -> 'wall_fence'."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def flat_scores(scores: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Means and per-class IoU/Dice as flat metrics, e.g. `val_miou`, `val_iou_road`."""
+    out = {
+        f"{prefix}_{k}": scores[k]
+        for k in ("pixel_accuracy", "mean_accuracy", "miou", "mdice")
+        if scores.get(k) is not None
+    }
+    for c in scores["per_class"]:
+        for k in ("iou", "dice"):
+            if c[k] is not None:
+                out[f"{prefix}_{k}_{metric_key(c['name'])}"] = c[k]
+    return out
+
+
+def log_scores(scores: dict[str, Any], run_id: str, tracking_uri: str, prefix: str) -> None:
+    """Log scores (flat metrics + the full JSON) into an existing MLflow run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri)
+    ts = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), ts, 0) for k, v in flat_scores(scores, prefix).items()]
+    client.log_batch(run_id, metrics=metrics)
+    client.log_dict(run_id, scores, f"evaluation/{prefix}.json")
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], names: Sequence[str]) -> Any:
+    """Row-normalised confusion matrix (rows = truth) as a matplotlib figure (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(cm, dtype=np.float64)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    size = 2 + 0.5 * len(names)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if norm[i, j] >= 0.01:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    *,
+    width: int = 320,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """Rows of image | ground truth | prediction overlay, each panel `width` pixels wide."""
+    preds = predict(model, list(images), spec)
+    rows = []
+    for image, truth, p in zip(images, truths, preds, strict=True):
+        h = max(1, round(image.shape[0] * width / image.shape[1]))
+        panels = [
+            resize_image(image, (h, width)),
+            resize_image(colorize(resize_mask(truth, (h, width)), spec.colors), (h, width)),
+            resize_image(overlay(image, p.mask, spec.colors, alpha), (h, width)),
+        ]
+        rows.append(np.concatenate(panels, axis=1))
+    widest = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 4), (0, widest - r.shape[1]), (0, 0))) for r in rows])
+
+
+def score_tables(scores: dict[str, Any]) -> list[Any]:
+    """Rich tables: the summary (Pixel Accuracy | Mean Accuracy | Mean IoU | Mean Dice), then
+    per-class IoU / Dice / precision / recall."""
+    from rich.table import Table
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}"
+
+    title = f"{scores.get('split', '')} ({scores.get('num_images', '?')} images)"
+    summary = Table(title=title)
+    for col in ("Pixel Accuracy", "Mean Accuracy", "Mean IoU", "Mean Dice"):
+        summary.add_column(col, justify="right")
+    summary.add_row(*(pct(scores[k]) for k in ("pixel_accuracy", "mean_accuracy", "miou", "mdice")))
+    per_class = Table(title="per class (%; n/a = absent from the ground truth and never predicted)")
+    per_class.add_column("class")
+    for col in ("IoU", "Dice", "Precision", "Recall", "Pixels"):
+        per_class.add_column(col, justify="right")
+    for c in scores["per_class"]:
+        name = c["name"] if c["present"] else f"{c['name']} (absent)"
+        per_class.add_row(name, *(pct(c[k]) for k in ("iou", "dice", "precision", "recall")),
+                          str(c.get("pixels", "")))  # fmt: skip
+    return [summary, per_class]

@@ -1,0 +1,268 @@
+"""MLflow helpers: tracking URI, experiment name, dataset version, git commit, and a run that
+survives its tracking server going away.
+
+The tracking URI is read from `MLFLOW_TRACKING_URI` by the entry points (CLI, components) and
+passed in; the default is `sqlite:///mlruns.db` in the working directory, so nothing needs a server.
+
+`TrackedRun` wraps every logging call in a few retries. When they are exhausted (server down, or
+gone mid-run) it says so once, switches to a local SQLite store (`<fallback_dir>/mlruns.db`),
+replays what it had already logged into a new run there, and carries on: training never stops
+because of tracking, and checkpoints are written independently of it. Inspect or copy the
+fallback run later with `mlflow ui --backend-store-uri sqlite:///<fallback_dir>/mlruns.db`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+def resolve_tracking_uri(value: str | None) -> str:
+    """The given URI (e.g. the `MLFLOW_TRACKING_URI` value) or the local SQLite default."""
+    return value.strip() if value and value.strip() else DEFAULT_TRACKING_URI
+
+
+def experiment_name(dataset: str, configured: str | None = None) -> str:
+    """`train.experiment` when set, else the dataset name (`bdd100k`, `kitti_road`)."""
+    return configured or dataset
+
+
+def _dvc_md5(data_dir: Path) -> str | None:
+    """md5 of the `.dvc` file whose `outs` path is `data_dir`, looked up beside it and upwards."""
+    target = data_dir.resolve()
+    candidates = [target.with_name(target.name + ".dvc")]
+    for folder in [target.parent, *target.parents][:4]:
+        candidates += sorted(folder.glob("*.dvc"))
+    for dvc_file in candidates:
+        if not dvc_file.is_file():
+            continue
+        try:
+            meta = yaml.safe_load(dvc_file.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        for out in meta.get("outs", []) or []:
+            if (dvc_file.parent / str(out.get("path", ""))).resolve() == target and out.get("md5"):
+                return str(out["md5"])
+    return None
+
+
+def content_hash(data_dir: Path) -> str:
+    """sha256 over the relative paths and bytes of every file under `data_dir` (sorted)."""
+    h = hashlib.sha256()
+    root = Path(data_dir)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode())
+        with path.open("rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def dataset_version(data_dir: Path) -> str:
+    """`dvc:<md5>` when the directory is tracked by a `.dvc` file, else `sha256:<content hash>`."""
+    md5 = _dvc_md5(Path(data_dir))
+    return f"dvc:{md5}" if md5 else f"sha256:{content_hash(Path(data_dir))}"
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """HEAD commit (suffixed `-dirty` when tracked files changed), or None outside a repository."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def configure_http(max_retries: int = 2, timeout_s: int = 10) -> None:
+    """Shorten MLflow's own HTTP retries (default: minutes) unless the user set them, so a dead
+    server is noticed in seconds and our fallback takes over."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+class TrackedRun:
+    """One MLflow run (the fluent active run, so `mlflow.pytorch.log_model` logs into it).
+
+    Args:
+        tracking_uri: where to log.
+        experiment: experiment name (created when missing).
+        fallback_dir: where the local SQLite store goes if the tracking server is unreachable.
+        run_id: an existing run to continue (resumed training keeps its run).
+        echo: where to say that logging fell back (default: a warning).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        *,
+        fallback_dir: Path,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+        system_metrics: bool = True,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.fallback_dir = Path(fallback_dir)
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.system_metrics = system_metrics
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.echo = echo or (lambda msg: warnings.warn(msg, stacklevel=3))
+        self.fell_back = False
+        self.run_id: str | None = None
+        self._resume_id = run_id
+        self._params: dict[str, Any] = {}
+        self._metrics: list[tuple[dict[str, float], int | None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> str:
+        configure_http()
+        try:
+            self._retry(self._start_remote)
+        except Exception as e:
+            self._fall_back(e)
+        return self.run_id  # type: ignore[return-value]
+
+    def _start_remote(self) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        exp = mlflow.set_experiment(self.experiment)
+        resume = self._resume_id
+        if resume is not None:
+            try:
+                mlflow.MlflowClient().get_run(resume)
+            except Exception:
+                resume = None  # e.g. the last attempt fell back to a local store
+        run = mlflow.start_run(
+            run_id=resume,
+            experiment_id=None if resume else exp.experiment_id,
+            run_name=None if resume else self.run_name,
+            tags=None if resume else self.tags,
+            log_system_metrics=self.system_metrics,
+        )
+        self.run_id = run.info.run_id
+
+    def end(self, status: str = "FINISHED") -> None:
+        import mlflow
+
+        try:
+            self._retry(lambda: mlflow.end_run(status=status))
+        except Exception as e:
+            self.echo(f"MLflow: could not close run {self.run_id} ({e}); its logs are kept")
+
+    def __enter__(self) -> TrackedRun:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.end("FAILED" if exc_type else "FINISHED")
+
+    # -- logging -----------------------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        import mlflow
+
+        # MLflow params are strings of at most 6000 chars; lists are logged as their repr.
+        clean = {k: str(v)[:6000] for k, v in params.items()}
+        self._params |= clean
+        self.call(lambda: mlflow.log_params(clean))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        clean = {k.replace("/", "_").replace(" ", "_"): float(v) for k, v in metrics.items()}
+        self._metrics.append((clean, step))
+        self.call(lambda: mlflow.log_metrics(clean, step=step))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import mlflow
+
+        self.tags |= tags
+        self.call(lambda: mlflow.set_tags(tags))
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run one logging call with retries; on failure fall back once and retry it there.
+
+        Returns the call's result, or None when even the local store failed (logged, ignored).
+        """
+        try:
+            return self._retry(fn)
+        except Exception as e:
+            if self.fell_back:
+                self.echo(f"MLflow: logging failed on the local fallback store too ({e}); skipped")
+                return None
+            self._fall_back(e)
+            try:
+                return self._retry(fn)
+            except Exception as e2:
+                self.echo(f"MLflow: logging failed on the local fallback store ({e2}); skipped")
+                return None
+
+    # -- internals ---------------------------------------------------------------------------
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        for attempt in range(self.retries):
+            try:
+                return fn()
+            except Exception:
+                if attempt == self.retries - 1:
+                    raise
+                time.sleep(self.backoff_s * 2**attempt)
+        return None
+
+    def _fall_back(self, error: Exception) -> None:
+        import mlflow
+        from mlflow.tracking import fluent
+
+        original, original_id = self.tracking_uri, self.run_id
+        # Stop the system-metrics thread and drop the dead run without contacting its server.
+        if original_id in getattr(fluent, "run_id_to_system_metrics_monitor", {}):
+            fluent.run_id_to_system_metrics_monitor.pop(original_id).finish()
+        stack = fluent._active_run_stack.get()
+        while stack:
+            stack.pop()
+        self.fallback_dir.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = f"sqlite:///{(self.fallback_dir / 'mlruns.db').resolve()}"
+        self.fell_back = True
+        self.echo(
+            f"MLflow tracking server {original} is unreachable ({type(error).__name__}: "
+            f"{str(error)[:200]}); training carries on, logging to the local store "
+            f"{self.tracking_uri} instead"
+        )
+        self.tags |= {
+            "roadseg.fallback_from": original,
+            "roadseg.original_run_id": str(original_id),
+        }
+        self._resume_id = None
+        self.system_metrics = False
+        self._start_remote()
+        # Replay what the lost run had, so the fallback run is complete on its own.
+        if self._params:
+            mlflow.log_params(self._params)
+        for metrics, step in self._metrics:
+            mlflow.log_metrics(metrics, step=step)

@@ -1,0 +1,85 @@
+"""Learning checks: the U-Net learns synthetic scenes and overfits real BDD100k images.
+
+Single-threaded torch: on a shared, oversubscribed CPU more threads make training far slower.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from roadseg.config import load_params
+from roadseg.training import train_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_unet_learns_synthetic_scenes(tmp_path: Path) -> None:
+    from roadseg.data.synth import synthesize_dataset
+
+    data = tmp_path / "synth"
+    synthesize_dataset(data, train=24, val=6, test=0, height=64, width=96, seed=0)
+    params = load_params(
+        None,
+        [
+            "data.num_workers=0",
+            "model.base_channels=16",
+            "train.image_size=[64,96]",
+            "train.batch_size=4",
+            "train.lr=0.01",
+            "train.epochs=40",
+            f"train.checkpoint_dir={tmp_path / 'ckpt'}",
+        ],
+    )
+    result = train_model(params, data, tracking_uri=None, progress=False)
+    print("synthetic val mIoU", result.best_val["miou"], "epoch", result.best_epoch)
+    assert result.best_val["miou"] >= 0.6
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_unet_overfits_four_real_images(real_sample: Path, tmp_path: Path) -> None:
+    # train = val = the same 4 images, so val mIoU is the training-set mIoU
+    data = tmp_path / "four"
+    stems = sorted(p.stem for p in (real_sample / "images/10k/train").glob("*.jpg"))[:4]
+    for split in ("train", "val"):
+        (data / "images/10k" / split).mkdir(parents=True)
+        (data / "labels/sem_seg/masks" / split).mkdir(parents=True)
+        for s in stems:
+            os.symlink(
+                real_sample / f"images/10k/train/{s}.jpg", data / f"images/10k/{split}/{s}.jpg"
+            )
+            os.symlink(
+                real_sample / f"labels/sem_seg/masks/train/{s}.png",
+                data / f"labels/sem_seg/masks/{split}/{s}.png",
+            )
+    params = load_params(
+        None,
+        [
+            "data.num_workers=0",
+            "model.base_channels=16",
+            "train.image_size=[72,128]",
+            "train.batch_size=4",
+            "train.lr=0.01",
+            "train.warmup_epochs=2",
+            "train.epochs=150",
+            "augment.scale_range=[1.0,1.0]",
+            "augment.hflip_prob=0.0",
+            "loss.name=dice_ce",
+            f"train.checkpoint_dir={tmp_path / 'ckpt'}",
+        ],
+    )
+    result = train_model(params, data, tracking_uri=None, progress=False)
+    print("4-image train mIoU", result.best_val["miou"], "epoch", result.best_epoch)
+    assert result.best_val["miou"] >= 0.8

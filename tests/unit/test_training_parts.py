@@ -1,0 +1,98 @@
+"""Pure parts of training: LR schedule, joint augmentation, dataset sources, dataset version."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from roadseg.config import AugmentParams
+from roadseg.data.dataset import augment_pair, build_dataset, image_stats, list_split, source_kind
+from roadseg.tracking import content_hash, dataset_version, resolve_tracking_uri
+from roadseg.training import lr_factor
+
+
+def test_lr_warms_up_then_decays_to_zero() -> None:
+    total, warm = 100, 10
+    for schedule in ("poly", "cosine"):
+        f = [lr_factor(s, total, warm, schedule) for s in range(total + 1)]
+        assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+        assert all(a >= b for a, b in itertools.pairwise(f[10:]))
+        assert f[total] == pytest.approx(0.0, abs=1e-9)
+    assert lr_factor(55, total, warm, "cosine") == pytest.approx(0.5)
+
+
+def test_augment_pads_with_ignore_and_keeps_pairs_aligned() -> None:
+    rng = np.random.default_rng(0)
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :30] = 200  # left half bright = class 1, right half dark = class 2
+    mask = np.full((40, 60), 2, np.uint8)
+    mask[:, :30] = 1
+    aug = AugmentParams(scale_range=(0.5, 0.5), hflip_prob=0.5)
+    for _ in range(10):
+        im, m = augment_pair(image, mask, (40, 60), aug, rng, 255)
+        assert im.shape == (40, 60, 3) and m.shape == (40, 60)
+        assert (m == 255).mean() == pytest.approx(0.75, abs=0.05)  # half scale: 3/4 padding
+        assert (im[m == 1] > 150).all() and (im[m == 2] < 50).all()
+    big = AugmentParams(scale_range=(1.5, 1.5), hflip_prob=0.0)
+    im, m = augment_pair(image, mask, (40, 60), big, np.random.default_rng(1), 255)
+    assert (m != 255).all() and set(np.unique(m)) <= {1, 2}
+
+
+def test_augment_is_deterministic_for_a_seed() -> None:
+    image = np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    mask = np.random.default_rng(1).integers(0, 5, (30, 50), dtype=np.uint8)
+    a = augment_pair(image, mask, (24, 40), AugmentParams(), np.random.default_rng(7), 255)
+    b = augment_pair(image, mask, (24, 40), AugmentParams(), np.random.default_rng(7), 255)
+    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+
+
+def test_raw_and_remapped_dirs_give_the_same_targets(synth_dir: Path, params, tmp_path) -> None:
+    from roadseg.data.remap import remap_dataset
+
+    remapped = tmp_path / "remapped"
+    remap_dataset(synth_dir, remapped, params.data)
+    assert source_kind(synth_dir, params) == "raw"
+    assert source_kind(remapped, params) == "remapped"
+    mean, std = image_stats(list_split(synth_dir, params, "train"))
+    kw = {"train": False, "mean": mean, "std": std}
+    raw = build_dataset(synth_dir, params, "val", **kw)
+    rem = build_dataset(remapped, params, "val", **kw)
+    assert len(raw) == len(rem) > 0
+    for i in range(len(raw)):
+        (xr, yr), (xm, ym) = raw[i], rem[i]
+        assert (yr == ym).all() and (xr == xm).all()
+        assert int(yr[yr != 255].max()) < params.data.num_classes
+        assert xr.shape == (3, *params.train.image_size)
+
+
+def test_missing_split_is_a_clear_error(synth_dir: Path, params, tmp_path) -> None:
+    with pytest.raises(ValueError, match="no image/label pairs"):
+        list_split(synth_dir, params, "test")
+    with pytest.raises(ValueError, match="not found"):
+        list_split(tmp_path / "nope", params, "train")
+
+
+def test_dataset_version_prefers_dvc_md5(tmp_path: Path) -> None:
+    data = tmp_path / "data" / "bdd100k"
+    data.mkdir(parents=True)
+    (data / "a.txt").write_text("a")
+    plain = dataset_version(data)
+    assert plain == f"sha256:{content_hash(data)}"
+    (data / "a.txt").write_text("b")
+    assert dataset_version(data) != plain
+    (tmp_path / "data.dvc").write_text(
+        json.dumps({"outs": [{"md5": "abc123.dir", "path": "data/bdd100k"}]})
+    )
+    assert dataset_version(data) == "dvc:abc123.dir"
+    shutil.rmtree(data)
+
+
+def test_tracking_uri_default() -> None:
+    assert resolve_tracking_uri(None) == "sqlite:///mlruns.db"
+    assert resolve_tracking_uri(" ") == "sqlite:///mlruns.db"
+    assert resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
