@@ -407,3 +407,71 @@ def write_prom_file(text: str, path: str | Path) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def resolve_reference(
+    reference: str, *, tracking_uri: str, dst: str | Path
+) -> tuple[pd.DataFrame, str | None]:
+    """A reference profile from a file, or from the registered version behind a models:/ URI.
+
+    Returns the profile and the model version it belongs to (None for a plain file).
+    `models:/name@alias` and `models:/name/version` read the artifact `drift/reference_profile.csv`
+    stored with that version by `roadseg.registry.register_best`.
+    """
+    if not reference.startswith("models:/"):
+        return load_profile(reference), None
+    from mlflow import MlflowClient
+
+    from roadseg.registry import download_reference_profile
+
+    rest = reference[len("models:/") :]
+    name, sep, which = rest.partition("@") if "@" in rest else rest.partition("/")
+    if not sep or not name or not which:
+        raise ValueError(
+            f"reference {reference!r}: expected models:/name@alias or models:/name/version"
+        )
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mv = (
+        client.get_model_version(name, which)
+        if which.isdigit()
+        else client.get_model_version_by_alias(name, which)
+    )
+    path = download_reference_profile(name, str(mv.version), tracking_uri=tracking_uri, dst=dst)
+    return load_profile(path), str(mv.version)
+
+
+def check_drift(
+    reference: str,
+    current: str | Path,
+    out_dir: str | Path,
+    drift_params: Any,
+    *,
+    tracking_uri: str,
+    model_version: str | None = None,
+) -> tuple[DriftResult, str]:
+    """`roadseg drift`: resolve the reference, load the monitoring logs, run the report.
+
+    Returns the result and the model version labelling the gauges (they are also written to
+    `out_dir/drift.prom`). The model
+    version labelling the gauges is, in order: the argument, the registered version of the
+    reference, or the most common version in the logs.
+    """
+    out = Path(out_dir)
+    ref_df, ref_version = resolve_reference(
+        reference, tracking_uri=tracking_uri, dst=out / "reference"
+    )
+    cur_df = load_profile(current)
+    if model_version is None:
+        model_version = ref_version
+    if model_version is None and "model_version" in cur_df.columns and len(cur_df):
+        model_version = str(cur_df["model_version"].astype(str).mode().iloc[0])
+    result = run_drift_report(
+        ref_df,
+        cur_df,
+        threshold=drift_params.threshold,
+        stattest_threshold=drift_params.stattest_threshold,
+        out_dir=out,
+    )
+    model_version = model_version or "unknown"
+    write_prom_file(prometheus_text(result, model_version), out / "drift.prom")
+    return result, model_version
