@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -536,38 +537,59 @@ def test_alerts_use_metrics_that_exist(rendered) -> None:
     assert pods_metric["pods"]["metric"]["name"] == f"{namespace}_request_in_progress"
 
 
-def test_pipeline_config_names_match_the_compiled_pipeline(rendered) -> None:
-    """The ConfigMap/Secret the pipeline tasks mount exist with the keys they map to env vars."""
-    ir_path = REPO / "pipelines/training_pipeline.yaml"
-    assert ir_path.exists(), "compile the pipeline first: roadseg pipeline compile"
-    platform = [d for d in yaml.safe_load_all(ir_path.read_text()) if d and "platforms" in d]
+@pytest.fixture(scope="module")
+def pipeline_ir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The pipeline compiled now from pipelines/training_pipeline.py (its platform spec part)."""
+    out = tmp_path_factory.mktemp("ir") / "pipeline.yaml"
+    code = (
+        "import sys; sys.path.insert(0, '.')\n"
+        "from kfp import compiler\n"
+        "from pipelines.training_pipeline import training_pipeline\n"
+        f"compiler.Compiler().compile(training_pipeline, {str(out)!r})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"the pipeline does not compile:\n{proc.stderr[-2000:]}"
+    platform = [d for d in yaml.safe_load_all(out.read_text()) if d and "platforms" in d]
     assert platform, "the compiled pipeline carries no Kubernetes platform spec"
-    executors = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_pipeline_config_names_match_the_compiled_pipeline(rendered, pipeline_ir) -> None:
+    """The ConfigMap/Secret the pipeline tasks map to env vars exist with those keys."""
     wanted: dict[tuple[str, str], set[str]] = {}
-    for ex in executors.values():
+    for ex in pipeline_ir.values():
         for cm in ex.get("configMapAsEnv", []):
-            name = cm.get("configMapName") or cm.get("configMapNameParameter", {}).get(
-                "runtimeValue", {}
-            ).get("constant")
-            wanted.setdefault(("ConfigMap", name), set()).update(
-                k["configMapKey"] for k in cm["keyToEnv"]
-            )
+            keys = {k["configMapKey"] for k in cm["keyToEnv"]}
+            wanted.setdefault(("ConfigMap", cm["configMapName"]), set()).update(keys)
         for sec in ex.get("secretAsEnv", []):
-            name = sec.get("secretName") or sec.get("secretNameParameter", {}).get(
-                "runtimeValue", {}
-            ).get("constant")
-            wanted.setdefault(("Secret", name), set()).update(
-                k["secretKey"] for k in sec["keyToEnv"]
-            )
-    assert ("ConfigMap", "roadseg-pipeline-config") in wanted
-    assert wanted[("ConfigMap", "roadseg-pipeline-config")] >= {"MLFLOW_TRACKING_URI"}
+            keys = {k["secretKey"] for k in sec["keyToEnv"]}
+            wanted.setdefault(("Secret", sec["secretName"]), set()).update(keys)
+    assert wanted.get(("ConfigMap", "roadseg-pipeline-config"), set()) >= {"MLFLOW_TRACKING_URI"}
+    assert ("Secret", "roadseg-mlflow-credentials") in wanted
     for overlay in OVERLAYS:
         _, docs = rendered[overlay]
+        kubeflow = [d for d in docs if d["metadata"].get("namespace") == "kubeflow"]
         for (kind, name), keys in wanted.items():
-            obj = _find(
-                [d for d in docs if d["metadata"].get("namespace") == "kubeflow"], kind, name
-            )
+            obj = _find(kubeflow, kind, name)
             assert keys <= set(obj.get("data") or {}), f"{kind} {name} lacks {keys}"
+        # The pipeline's MLflow is the server these manifests deploy.
+        uri = _find(kubeflow, "ConfigMap", "roadseg-pipeline-config")["data"]["MLFLOW_TRACKING_URI"]
+        svc = _find(docs, "Service", "mlflow")
+        assert uri == f"http://mlflow.{svc['metadata']['namespace']}.svc.cluster.local:" + str(
+            svc["spec"]["ports"][0]["port"]
+        )
+
+
+def test_gpu_scheduling_agrees_between_training_and_serving(rendered, pipeline_ir) -> None:
+    _, docs = rendered["prod"]
+    serving = _pod_spec(_find(docs, "Deployment", "roadseg-service"))
+    gpu_tasks = [ex for ex in pipeline_ir.values() if ex.get("nodeSelector")]
+    assert gpu_tasks, "no pipeline task is pinned to GPU nodes"
+    for ex in gpu_tasks:
+        assert ex["nodeSelector"]["labels"] == serving["nodeSelector"]
+        assert {t["key"] for t in ex["tolerations"]} == {t["key"] for t in serving["tolerations"]}
 
 
 # --- images --------------------------------------------------------------------------------------
