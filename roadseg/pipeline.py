@@ -1,0 +1,200 @@
+"""Running the training pipeline: compile it, run it on this machine (`kfp.local`), submit it.
+
+    roadseg pipeline compile --out pipelines/training_pipeline.yaml
+    roadseg pipeline run --local                      # synthetic data, MLflow in ./mlruns.db
+    roadseg pipeline submit --host https://kfp.example.com --schedule "0 0 3 * * *"
+
+The DAG itself lives in `pipelines/training_pipeline.py` (components in `components/`), next to
+this package in the source tree; the local run executes exactly that DAG with the
+SubprocessRunner, every task a subprocess of this Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SCORE_COLUMNS = (
+    ("Pixel Accuracy", "pixel_accuracy"),
+    ("Mean Accuracy", "mean_accuracy"),
+    ("Mean IoU", "miou"),
+    ("Mean Dice", "mdice"),
+)
+# Service account of the pipeline pods (k8s/base/pipeline/serviceaccount.yaml).
+SERVICE_ACCOUNT = "roadseg-pipeline"
+
+
+class PipelineFailed(RuntimeError):
+    """A pipeline task failed; the message names it and where its log is."""
+
+
+def import_pipeline() -> ModuleType:
+    """`pipelines.training_pipeline` from the source tree this package was installed from."""
+    if not (REPO / "pipelines/training_pipeline.py").is_file():
+        raise FileNotFoundError(
+            f"pipelines/training_pipeline.py not found under {REPO}: the pipeline commands need "
+            "a source checkout (pip install -e .)"
+        )
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module("pipelines.training_pipeline")
+
+
+def compile_pipeline(out: str | Path) -> Path:
+    """Compile the pipeline IR (YAML) to `out`."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return import_pipeline().compile_pipeline(out)
+
+
+@contextlib.contextmanager
+def _env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the task subprocesses, restoring the old values after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> None:
+    """Create the experiment with an absolute artifact location (tasks run as subprocesses)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+
+
+def run_local(
+    *,
+    params_file: str | Path | None,
+    overrides: Sequence[str],
+    loss_variants: Sequence[str],
+    model: str,
+    tracking_uri: str,
+    work_dir: str | Path,
+    data_dir: str | Path | None = None,
+    git_commit: str = "",
+    threads_per_task: int = 1,
+) -> dict[str, Any]:
+    """Run the whole pipeline with `kfp.local` (SubprocessRunner, this venv); return the
+    registration result (with every variant's scores in `candidates`).
+
+    Task output goes to `work_dir/pipeline.log`; the task status lines stay on stderr.
+    Raises `PipelineFailed` naming the failed task.
+    """
+    from kfp import local
+
+    work = Path(work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "pipeline.log"
+    module = import_pipeline()
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(work / "kfp"),
+        raise_on_error=True,
+    )
+    env = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        # kfp.local runs two loop iterations at once; one thread each keeps 2 cores busy
+        # without oversubscription.
+        "OMP_NUM_THREADS": str(threads_per_task),
+        "MKL_NUM_THREADS": str(threads_per_task),
+        "PYTHONWARNINGS": "ignore",
+    }
+    arguments = {
+        "loss_variants": list(loss_variants),
+        "model": model,
+        "synthetic": data_dir is None,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
+        "params_file": str(Path(params_file).resolve()) if params_file else "",
+        "overrides": list(overrides),
+        "git_commit": git_commit,
+    }
+    with _env(env), log_path.open("a") as log, contextlib.redirect_stdout(log):
+        try:
+            task = module.training_pipeline(**arguments)
+        except RuntimeError as e:
+            raise PipelineFailed(f"{_plain(str(e))} Task logs: {log_path}") from None
+    return json.loads(task.output)
+
+
+def comparison_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per loss variant: the four scores, the run id and whether it is the champion."""
+    rows = []
+    for c in result["candidates"]:
+        row = {"loss": c["loss"], "run_id": c["run_id"]}
+        row |= {label: c.get(key) for label, key in SCORE_COLUMNS}
+        row["registered"] = c["run_id"] == result["run_id"]
+        row["champion"] = row["registered"] and bool(result["promoted"])
+        rows.append(row)
+    return rows
+
+
+def cron_6_fields(expression: str) -> str:
+    """KFP cron has a seconds field first; accept the usual 5-field form too."""
+    fields = expression.split()
+    if len(fields) == 5:
+        return "0 " + expression.strip()
+    if len(fields) == 6:
+        return expression.strip()
+    raise ValueError(f"cron expression {expression!r} needs 5 or 6 fields, got {len(fields)}")
+
+
+def submit_pipeline(
+    client: Any,
+    package_path: str | Path,
+    *,
+    experiment: str,
+    arguments: Mapping[str, Any],
+    run_name: str,
+    schedule: str | None = None,
+) -> dict[str, str]:
+    """Submit the compiled pipeline with a `kfp.Client`: one run, or a recurring run on `schedule`."""
+    package = Path(package_path)
+    if not package.is_file():
+        raise FileNotFoundError(
+            f"compiled pipeline not found: {package} (roadseg pipeline compile)"
+        )
+    if schedule:
+        exp = client.create_experiment(experiment)
+        job = client.create_recurring_run(
+            experiment_id=exp.experiment_id,
+            job_name=run_name,
+            cron_expression=cron_6_fields(schedule),
+            params=dict(arguments),
+            pipeline_package_path=str(package),
+            max_concurrency=1,
+            no_catchup=True,
+            service_account=SERVICE_ACCOUNT,
+        )
+        return {"kind": "recurring run", "id": job.recurring_run_id}
+    run = client.create_run_from_pipeline_package(
+        str(package),
+        arguments=dict(arguments),
+        run_name=run_name,
+        experiment_name=experiment,
+        service_account=SERVICE_ACCOUNT,
+    )
+    return {"kind": "run", "id": run.run_id}
+
+
+def _plain(text: str) -> str:
+    """Drop the ANSI colours kfp.local puts in its messages."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
