@@ -211,7 +211,7 @@ def _objects(c: _Canvas, rng: np.random.Generator, g: dict, forced: set[int]) ->
         elif kind in ("bicycle", "motorcycle"):
             cls, r = (BICYCLE, 0.35) if kind == "bicycle" else (MOTORCYCLE, 0.33)
             for wx in (x - 0.6 * m, x + 0.6 * m):
-                c.ellipse(yb - r * m, wx, r * m, r * m, cls, ring=0.45 if cls == BICYCLE else 0.0)
+                c.ellipse(yb - r * m, wx, r * m, r * m, cls, ring=0.3 if cls == BICYCLE else 0.0)
             body = (
                 (yb - 0.8 * m, yb - 0.45 * m) if cls == BICYCLE else (yb - 0.95 * m, yb - 0.3 * m)
             )
@@ -220,18 +220,18 @@ def _objects(c: _Canvas, rng: np.random.Generator, g: dict, forced: set[int]) ->
             c.ellipse(yb - 1.9 * m, x, 0.15 * m, 0.13 * m, RIDER)
         elif kind == "pole":
             px = (sr - 0.15 * abs(sr - rr)) if right else (sl + 0.15 * abs(rl - sl))
-            pw = max(0.18 * m, 1.2)
+            pw = max(0.25 * m, 1.5)
             c.rect(yb - 6.5 * m, yb, px - pw / 2, px + pw / 2, POLE)
             if lights or rng.random() < 0.4:
                 lights, arm = False, (-1.5 if right else 1.5) * m
                 c.rect(yb - 6.5 * m, yb - 6.2 * m, min(px, px + arm), max(px, px + arm), POLE)
-                c.rect(yb - 6.5 * m, yb - 5.3 * m, px + arm - 0.25 * m, px + arm + 0.25 * m, LIGHT)
+                c.rect(yb - 6.6 * m, yb - 5.2 * m, px + arm - 0.3 * m, px + arm + 0.3 * m, LIGHT)
                 c.ellipse(
                     yb - 6.25 * m, px + arm, 0.12 * m, 0.12 * m, LIGHT, tone=rng.uniform(0.7, 1.3)
                 )
             if signs or rng.random() < 0.45:
                 signs = False
-                c.rect(yb - 3.6 * m, yb - 2.8 * m, px - 0.4 * m, px + 0.4 * m, SIGN, tone=tint)
+                c.rect(yb - 3.8 * m, yb - 2.8 * m, px - 0.5 * m, px + 0.5 * m, SIGN, tone=tint)
         elif kind == "tree":
             px = sr + 0.6 * abs(sr - rr) if right else sl - 0.6 * abs(rl - sl)
             c.rect(yb - 2.5 * m, yb, px - 0.15 * m, px + 0.15 * m, VEG, tone=0.55)
