@@ -500,6 +500,29 @@ def test_env_names_match_what_the_service_reads(rendered) -> None:
         assert MONITOR_DIR in {m["mountPath"] for m in drift["volumeMounts"]}
 
 
+def test_drift_cronjob_command_is_accepted_by_the_cli(rendered) -> None:
+    """The CronJob's `roadseg drift` arguments parse with the real CLI and push where alerts look."""
+    import typer.main
+
+    from roadseg.cli import app
+
+    _, docs = rendered["prod"]
+    drift = _pod_spec(_find(docs, "CronJob", "roadseg-drift"))["containers"][0]
+    env = {n: e.get("value", f"<{n}>") for n, e in _env(drift).items()}
+    argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in drift["command"]]
+    assert argv[:2] == ["roadseg", "drift"]
+    command = typer.main.get_command(app).commands["drift"]
+    ctx = command.make_context("drift", argv[2:])  # raises on an unknown or missing option
+    assert ctx.params["current"] == Path(MONITOR_DIR)
+    assert (
+        ctx.params["pushgateway"]
+        == f"http://pushgateway:{_find(docs, 'Service', 'pushgateway')['spec']['ports'][0]['port']}"
+    )
+    assert ctx.params["reference"] == "<ROADSEG_MODEL_URI>"  # from roadseg-service-config
+    cli_source = (REPO / "roadseg/cli.py").read_text()
+    assert 'job="roadseg-drift"' in cli_source
+
+
 def test_ingress_body_limit_matches_the_service(rendered, params) -> None:
     mib = params.serve.max_request_bytes / 2**20
     assert mib == int(mib)
