@@ -485,6 +485,10 @@ def test_env_names_match_what_the_service_reads(rendered) -> None:
     read = set(re.findall(r"os\.environ(?:\.get)?[\(\[]\s*\"(ROADSEG_\w+)\"", source))
     assert {"ROADSEG_MODEL_URI", "ROADSEG_API_KEY", "ROADSEG_MONITOR_DIR"} <= read
     default_uri = re.search(r"DEFAULT_MODEL_URI\s*=\s*\"([^\"]+)\"", source).group(1)
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    image_env = {e["name"]: e.get("value") for e in bentofile.get("envs", [])}
+    assert {n for n in image_env if n.startswith("ROADSEG_")} <= read
+    assert image_env.get("ROADSEG_MODEL_URI", default_uri) == default_uri
     for overlay in OVERLAYS:
         _, docs = rendered[overlay]
         env = _env(_bento(docs))
