@@ -52,3 +52,11 @@ k8s-secrets:
 # Render both overlays, validate them against the Kubernetes schemas, scan them with checkov.
 k8s-check: install tools
 	$(VENV)/bin/pytest -q tests/integration/test_k8s_manifests.py
+
+# Debian chromium + chromedriver for tests/integration/test_ui_browser.py; its fixture installs them
+# itself when run as root, so `make test` needs no extra step. Never a Selenium-managed download.
+.PHONY: browser-deps
+browser-deps:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+	  (apt-get install -y --no-install-recommends chromium chromium-driver || \
+	   (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver))

@@ -81,10 +81,12 @@ def chromium() -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def browser(chromium: tuple[Path, Path], tmp_path: Path) -> Iterator[object]:
+def browser(
+    chromium: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[object]:
     """A fresh headless Chromium (own profile, so localStorage starts empty) that saves downloads
     to tmp_path/downloads."""
-    os.environ["SE_OFFLINE"] = "1"  # never let Selenium Manager fetch a browser or driver
+    monkeypatch.setenv("SE_OFFLINE", "1")  # never let Selenium Manager fetch a browser or driver
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -284,6 +286,46 @@ def _service_json(service: LiveService, path: Path) -> tuple[int, dict]:
     return r.status_code, r.json()
 
 
+def _mp4(path: Path, frames: int) -> Path:
+    """A short H.264 clip of toy scenes, written with the ffmpeg the service itself uses."""
+    import imageio_ffmpeg
+
+    rng = np.random.default_rng(7)
+    writer = imageio_ffmpeg.write_frames(str(path), (96, 64), fps=10, macro_block_size=1)
+    writer.send(None)
+    for _ in range(frames):
+        writer.send(_scene(rng, 64, 96))
+    writer.close()
+    return path
+
+
+# Drops a PNG drawn in the page onto the drop zone, as a user dragging a file would.
+DROP_PNG_JS = """
+const name = arguments[0];
+const canvas = document.createElement('canvas'); canvas.width = 80; canvas.height = 48;
+const ctx = canvas.getContext('2d');
+ctx.fillStyle = 'rgb(90,140,200)'; ctx.fillRect(0, 0, 80, 24);
+ctx.fillStyle = 'rgb(110,110,110)'; ctx.fillRect(0, 24, 80, 24);
+canvas.toBlob((blob) => {
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], name, {type: 'image/png'}));
+  const zone = document.getElementById('drop-zone');
+  for (const type of ['dragenter', 'dragover', 'drop']) {
+    zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+  }
+}, 'image/png');
+"""
+
+# Records every progress label (and whether the bar was indeterminate) into window.progressSteps.
+RECORD_PROGRESS_JS = """
+window.progressSteps = [];
+const label = document.getElementById('progress-label');
+const bar = document.getElementById('progress-bar');
+new MutationObserver(() => window.progressSteps.push(
+  label.textContent + '|' + (bar.hasAttribute('value') ? 'determinate' : 'indeterminate')
+)).observe(label, {childList: true, characterData: true, subtree: true});
+"""
+
 # Mean absolute difference between the overlay canvas and another canvas/image of the same card.
 PIXEL_DIFF_JS = """
 const card = arguments[0], other = arguments[1];
@@ -386,6 +428,13 @@ def test_ui_segments_uploads_end_to_end(
         slider.send_keys(Keys.ARROW_RIGHT)
     assert driver.find_element(By.ID, "opacity-value").text == "60%"
 
+    # Drag and drop onto the drop zone works like the file picker.
+    driver.execute_script(DROP_PNG_JS, "dropped.png")
+    dropped = wait.until(
+        lambda d: d.find_element(By.XPATH, "//article[@data-state='done'][h3='dropped.png']")
+    )
+    assert dropped.find_elements(By.CSS_SELECTOR, ".share-chart g.bar")
+
     # A non-image is rejected with the service's own error text.
     note = tmp_path / "notes.txt"
     note.write_text("this is not a picture")
@@ -403,9 +452,19 @@ def test_ui_segments_uploads_end_to_end(
         zf.write(_png(tmp_path / "a.png", seed=2), "a.png")
         zf.write(_png(tmp_path / "b.png", seed=3, size=(48, 80)), "b.png")
     upload.send_keys(str(archive))
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-state=done]")) == 3)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-state=done]")) == 4)
     group = driver.find_element(By.CSS_SELECTOR, ".upload-group")
     assert "batch.zip: 2 images" in group.text
+
+    # A short video: upload progress, then an indeterminate "processing" state, then its frames.
+    video = _mp4(tmp_path / "clip.mp4", frames=10)
+    driver.execute_script(RECORD_PROGRESS_JS)
+    upload.send_keys(str(video))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-state=done]")) == 14)
+    assert "clip.mp4: 10 frames" in driver.find_elements(By.CSS_SELECTOR, ".upload-group")[1].text
+    steps = driver.execute_script("return window.progressSteps")
+    assert "Processing clip.mp4 on the server…|indeterminate" in steps, steps
+    assert not driver.find_element(By.ID, "progress").is_displayed()
     wait.until(lambda d: d.find_element(By.ID, "download-all").is_enabled())
 
     # Download all: one ZIP with original, mask, colour mask and overlay of each result.
@@ -422,6 +481,7 @@ def test_ui_segments_uploads_end_to_end(
             "street/overlay.png",
         } <= names
         assert {"a/mask.png", "b/overlay.png", "summary.json", "service/batch-results.zip"} <= names
+        assert {"frame_00000/mask.png", "service/clip-results.zip"} <= names
         mask = np.asarray(Image.open(io.BytesIO(zf.read("street/mask.png"))))
         assert mask.shape == (64, 96) and mask.max() < params.data.num_classes
 
