@@ -1,0 +1,242 @@
+"""The real service: `bentoml serve` on a free port with a small model from a temporary MLflow store.
+
+Every endpoint over HTTP, each bad input, a short generated video, the API key; afterwards the
+service is still ready and still answers a good request.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from roadseg.launcher import register_random_model, running_service
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+KEY = "s3cret-test-key"
+
+
+def png(h: int = 48, w: int = 64, fmt: str = "PNG", seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def bomb_png(w: int, h: int) -> bytes:
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("serve")
+    tracking = f"sqlite:///{tmp / 'mlflow.db'}"
+    version = register_random_model(tracking)
+    params = tmp / "params.yaml"
+    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
+    limits = {
+        "max_request_bytes: 52428800": "max_request_bytes: 3000000",
+        "max_image_pixels: 40000000": "max_image_pixels: 1000000",
+        "max_zip_entries: 256": "max_zip_entries: 8",
+        "max_zip_uncompressed_bytes: 209715200": "max_zip_uncompressed_bytes: 2000000",
+        "max_video_frames: 900": "max_video_frames: 20",
+    }
+    for old, new in limits.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    params.write_text(text)
+    env = {
+        "MLFLOW_TRACKING_URI": tracking,
+        "ROADSEG_MODEL_URI": "models:/roadseg-unet@champion",
+        "ROADSEG_PARAMS": str(params),
+        "ROADSEG_MONITOR_DIR": str(tmp / "monitoring"),
+        "ROADSEG_API_KEY": KEY,
+        "BENTOML_HOME": str(tmp / "bentoml"),
+    }
+    with (
+        running_service(env, log_path=tmp / "serve.log") as url,
+        httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=120) as client,
+    ):
+        yield client, version, tmp
+
+
+def check_error(r: httpx.Response, status: int, words: str) -> None:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert words.lower() in body["detail"].lower(), body
+    assert r.headers["x-model-version"]
+
+
+def test_health_metadata_classes_docs(service) -> None:
+    client, version, _ = service
+    for path in ("/healthz", "/readyz"):
+        r = httpx.get(f"{client.base_url}{path}")  # no key: probes stay open
+        assert r.status_code == 200 and r.headers["x-model-version"] == version
+    meta = client.get("/metadata").json()
+    assert meta["version"] == version and meta["run_id"] and meta["params_hash"]
+    classes = client.get("/classes").json()
+    assert classes[0] == {"id": 0, "name": "road", "color": [128, 64, 128]} and len(classes) == 14
+    spec = client.get("/docs.json").json()
+    assert {"/segment", "/predict/returns-json/", "/predict-video/returns-zip/", "/upload"} <= set(
+        spec["paths"]
+    )
+
+
+def test_segment_formats_and_json(service) -> None:
+    client, version, _ = service
+    for fmt, mode in (("mask", "L"), ("color", "RGB"), ("overlay", "RGB")):
+        r = client.post(
+            f"/segment?format={fmt}",
+            content=png(50, 70, "JPEG"),
+            headers={"Content-Type": "image/jpeg"},
+        )
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.headers["x-model-version"] == version
+        out = Image.open(io.BytesIO(r.content))
+        assert out.size == (70, 50) and out.mode == mode
+    r = client.post("/segment/json", files={"file": ("a.png", png(40, 60))})
+    body = r.json()
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]))))
+    assert mask.shape == (40, 60) and mask.max() < 14
+    assert sum(body["class_shares"].values()) == pytest.approx(1.0)
+    assert 0 < body["confidence"] <= 1 and body["model_version"] == version
+
+
+def test_legacy_json(service) -> None:
+    client, _, _ = service
+    images = [
+        base64.b64encode(png(30, 40)).decode(),
+        base64.b64encode(png(20, 50, "JPEG")).decode(),
+    ]
+    r = client.post(
+        "/predict/returns-json/", json={"image_names": ["a.png", "b.jpg"], "images": images}
+    )
+    body = r.json()
+    assert body["image_names"] == ["a.png", "b.jpg"] and body["images"] == images
+    sizes = [Image.open(io.BytesIO(base64.b64decode(m))).size for m in body["pred_mask"]]
+    assert sizes == [(40, 30), (50, 20)] and len(body["pred_color"]) == 2
+
+
+def test_legacy_zip_upload_and_video(service) -> None:
+    client, _, tmp = service
+    r = client.post("/predict-image/returns-zip/", files={"files": ("a.png", png())})
+    names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    assert sorted(names) == ["colors/a.png", "images/a.png", "masks/a.png"]
+    archive = zipped({"x/one.png": png(), "two.jpg": png(fmt="JPEG")})
+    r = client.post("/predict-image/returns-zip/", files={"files": ("batch.zip", archive)})
+    assert len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 6
+    r = client.post("/upload", files={"file": ("k.png", png(37, 90))})
+    assert r.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(r.content)).size == (
+        90,
+        37,
+    )
+
+    from roadseg.video import VideoWriter
+
+    video = tmp / "clip.mp4"
+    with VideoWriter(video, (64, 48), fps=5) as w:
+        for i in range(7):
+            w.write(np.full((48, 64, 3), 30 * i, np.uint8))
+    r = client.post("/predict-video/returns-zip/", files={"file": ("clip.mp4", video.read_bytes())})
+    assert r.status_code == 200, r.text
+    names = set(zipfile.ZipFile(io.BytesIO(r.content)).namelist())
+    for kind in ("frames", "masks", "colors"):
+        assert {f"{kind}/frame_{i:05d}.png" for i in range(7)} <= names
+    assert {"video/original.mp4", "video/segmented.mp4"} <= names
+    lines = [
+        json.loads(x)
+        for f in (tmp / "monitoring").glob("*.jsonl")
+        for x in f.read_text().splitlines()
+    ]
+    assert len(lines) >= 12 and {"brightness", "sharpness", "share_road", "confidence"} <= set(
+        lines[-1]
+    )
+
+
+def test_bad_inputs(service) -> None:
+    client, _, tmp = service
+
+    def seg(data: bytes) -> httpx.Response:
+        return client.post("/segment", content=data, headers={"Content-Type": "image/png"})
+
+    check_error(seg(b"not an image"), 415, "not an image")
+    check_error(seg(png()[:80]), 400, "truncated or corrupt")
+    check_error(seg(b""), 400, "0 bytes")
+    check_error(seg(bomb_png(5000, 5000)), 413, "exceeds the limit")
+    check_error(seg(b"\0" * 3_100_000), 413, "exceeds the limit")
+
+    def zip_post(data: bytes) -> httpx.Response:
+        return client.post("/predict-image/returns-zip/", files={"files": ("b.zip", data)})
+
+    check_error(zip_post(zipped({f"{i}.png": png(4, 4) for i in range(9)})), 413, "9 entries")
+    check_error(zip_post(zipped({"big.png": b"\0" * 2_500_000})), 413, "uncompressed bytes")
+    check_error(zip_post(zipped({"../../evil.png": png()})), 400, "unsafe path")
+    check_error(zip_post(zipped({"/abs/evil.png": png()})), 400, "unsafe path")
+    assert not (tmp.parent / "evil.png").exists()
+    from roadseg.video import VideoWriter
+
+    long_video = tmp / "long.mp4"
+    with VideoWriter(long_video, (32, 32), fps=10) as w:
+        for _ in range(30):
+            w.write(np.zeros((32, 32, 3), np.uint8))
+
+    def vid(name: str, data: bytes) -> httpx.Response:
+        return client.post("/predict-video/returns-zip/", files={"file": (name, data)})
+
+    check_error(vid("long.mp4", long_video.read_bytes()), 413, "frames")
+    check_error(vid("x.mp4", b"definitely not a video"), 415, "not a video")
+    check_error(vid("x.mkv", long_video.read_bytes()), 415, "unsupported video type")
+
+    def j(body: object) -> httpx.Response:
+        return client.post("/predict/returns-json/", json=body)
+
+    good = base64.b64encode(png()).decode()
+    check_error(j({"images": [good]}), 422, "image_names")
+    check_error(j({"image_names": ["a"], "images": ["***"]}), 400, "invalid base64")
+    check_error(j({"image_names": ["a", "b"], "images": [good]}), 422, "2 entries")
+    check_error(client.post("/predict/returns-json/", content=b"{not json"), 400, "not valid JSON")
+    r = client.post("/upload", files={"other": ("a.png", png())})
+    assert r.status_code == 422
+
+
+def test_api_key_and_still_serving(service) -> None:
+    client, _, _ = service
+    base = str(client.base_url)
+    r = httpx.post(f"{base}/segment", content=png())
+    check_error(r, 401, "X-API-Key")
+    check_error(httpx.get(f"{base}/metadata", headers={"X-API-Key": "wrong"}), 401, "X-API-Key")
+    metrics = httpx.get(f"{base}/metrics")
+    assert metrics.status_code == 200
+    assert (
+        "roadseg_inference_latency_seconds" in metrics.text and "roadseg_batch_size" in metrics.text
+    )
+    assert "roadseg_model_info" in metrics.text
+    assert httpx.get(f"{base}/readyz").status_code == 200
+    r = client.post("/segment", content=png(33, 44), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (44, 33)
+    leftovers = [p for p in Path("/tmp").glob("roadseg-video-*")]
+    assert not leftovers, leftovers
