@@ -318,6 +318,140 @@ def evaluate(
 
 # --- pipeline --------------------------------------------------------------------------------
 
+pipeline_app = typer.Typer(help="The Kubeflow training pipeline: compile, run locally, submit.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+# Local runs: two loop iterations share the cores, so no DataLoader worker processes.
+LOCAL_DEFAULTS = ["data.num_workers=0"]
+LossOpt = Annotated[list[str] | None, typer.Option("--loss", help="loss variant (repeatable; default: pipeline.loss_variants)")]
+
+
+def _registration_table(result: dict) -> None:
+    from rich.table import Table
+
+    from roadseg.pipeline import SCORE_COLUMNS, comparison_rows
+
+    table = Table(title=f"{result['model_name']}: loss variants, full-resolution validation scores")
+    for col in ("Loss", *(label for label, _ in SCORE_COLUMNS), "Registry", "MLflow run"):
+        table.add_column(col, justify="right" if col in dict(SCORE_COLUMNS) else "left")
+    for row in comparison_rows(result):
+        mark = "★ champion" if row["champion"] else ("registered" if row["registered"] else "")
+        cells = [f"{row[label]:.4f}" if row[label] is not None else "-" for label, _ in SCORE_COLUMNS]
+        table.add_row(row["loss"], *cells, mark, row["run_id"])
+    out = Console(width=max(140, console.width))  # whole run ids, also in logs
+    out.print(table)
+    champion = result["champion_version"]
+    verdict = "promoted to champion" if result["promoted"] else f"not promoted; champion stays v{champion}" if champion else "not promoted; no champion yet"
+    out.print(f"{result['model_name']} v{result['version']} ({result['loss']}): {verdict} — {result['reason']}")
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    out: Annotated[Path, typer.Option("--out", help="IR file to write")] = Path("pipelines/training_pipeline.yaml"),
+) -> None:
+    """Compile the training pipeline to its IR YAML (commit pipelines/training_pipeline.yaml)."""
+    from roadseg.pipeline import compile_pipeline
+
+    try:
+        console.print(f"compiled pipeline: {compile_pipeline(out)}")
+    except (FileNotFoundError, OSError) as e:
+        fail(str(e))
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    local: Annotated[bool, typer.Option("--local", help="run every task on this machine (kfp.local)")] = False,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="raw BDD100k-layout dataset (default: synthetic)")] = None,
+    loss: LossOpt = None,
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="task outputs and pipeline.log")] = Path("artifacts/pipeline"),
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow (default: sqlite:///$PWD/mlruns.db)")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the whole pipeline locally and print one row of scores per loss variant."""
+    from roadseg.pipeline import PipelineFailed, ensure_experiment, run_local
+    from roadseg.tracking import experiment_name, git_commit
+
+    if not local:
+        fail("only --local runs here; use `roadseg pipeline submit --host URL` for a cluster", 2)
+    if data_dir is not None and not data_dir.is_dir():
+        fail(f"dataset directory not found: {data_dir}", 2)
+    overrides = [*LOCAL_DEFAULTS, *(set_ or [])]
+    p = get_params(params, overrides)
+    uri = tracking_uri or f"sqlite:///{Path('mlruns.db').resolve()}"
+    if uri.startswith("sqlite:"):  # artifacts beside the store, at an absolute path
+        ensure_experiment(uri, experiment_name(p.data.dataset, p.train.experiment), Path("mlartifacts").resolve())
+    losses = loss or list(p.pipeline.loss_variants)
+    console.print(f"pipeline: {', '.join(losses)} on {data_dir or 'synthetic data'}; task logs in {work_dir / 'pipeline.log'}")
+    try:
+        result = run_local(params_file=params, overrides=overrides, loss_variants=losses, model=p.model.name,
+                           tracking_uri=uri, work_dir=work_dir, data_dir=data_dir, git_commit=git_commit() or "")  # fmt: skip
+    except (PipelineFailed, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    _registration_table(result)
+    Console(width=max(140, console.width)).print(f"compare the runs: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    host: Annotated[str, typer.Option("--host", help="Kubeflow Pipelines endpoint URL")],
+    experiment: Annotated[str, typer.Option("--experiment", help="KFP experiment")] = "roadseg",
+    schedule: Annotated[str | None, typer.Option("--schedule", help="cron (5 or 6 fields): a recurring run")] = None,
+    package: Annotated[Path, typer.Option("--package", help="compiled IR")] = Path("pipelines/training_pipeline.yaml"),
+    data_rev: Annotated[str | None, typer.Option("--data-rev", help="DVC revision of the dataset (default: synthetic)")] = None,
+    data_repo: Annotated[str, typer.Option("--data-repo", help="git URL of the DVC project (with --data-rev)")] = "",
+    loss: LossOpt = None,
+    run_name: Annotated[str, typer.Option("--run-name", help="run / recurring-run name")] = "roadseg-training",
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Submit the compiled pipeline to Kubeflow Pipelines (kfp.Client); --schedule makes it recurring."""
+    import kfp
+
+    from roadseg.pipeline import submit_pipeline
+    from roadseg.tracking import git_commit
+
+    p = get_params(params, set_)
+    arguments = {"loss_variants": loss or list(p.pipeline.loss_variants), "model": p.model.name,
+                 "synthetic": not data_rev, "data_rev": data_rev or "", "data_repo": data_repo,
+                 "overrides": list(set_ or []), "git_commit": git_commit() or ""}  # fmt: skip
+    try:
+        done = submit_pipeline(kfp.Client(host=host), package, experiment=experiment, arguments=arguments,
+                               run_name=run_name, schedule=schedule)  # fmt: skip
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    except Exception as e:  # connection refused, auth, API errors: one line, no traceback
+        fail(f"could not submit to {host}: {e}")
+    console.print(f"submitted {done['kind']} {done['id']} to {host} (experiment {experiment!r})")
+
+
+@app.command("register")
+def register(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="the (remapped) training data, for the drift profile")],
+    train_dir: Annotated[Path, typer.Option("--train-dir", help="holds <loss>/train.json from `roadseg train --json`")] = Path("artifacts/train"),
+    eval_dir: Annotated[Path | None, typer.Option("--eval-dir", help="holds <loss>.json from `roadseg evaluate --json`")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the decision as JSON")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Register the best trained variant in MLflow; `champion` moves only through the gates."""
+    import json
+
+    from roadseg.steps import collect_candidates, register_step
+    from roadseg.tracking import dataset_version, git_commit
+
+    p = get_params(params, set_)
+    try:
+        tags = {"dataset_version": dataset_version(data_dir), "params_hash": p.digest(),
+                "git_commit": git_commit() or "unknown", "pipeline_run_id": "local"}  # fmt: skip
+        result = register_step(collect_candidates(train_dir, eval_dir), data_dir, p, tracking_uri=_tracking_uri(), tags=tags)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    _registration_table(result)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+
+
 
 # --- serving and drift -----------------------------------------------------------------------
 

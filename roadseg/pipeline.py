@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -125,7 +126,14 @@ def run_local(
         "overrides": list(overrides),
         "git_commit": git_commit,
     }
-    with _env(env), log_path.open("a") as log, contextlib.redirect_stdout(log):
+    with (
+        _env(env),
+        log_path.open("a") as log,
+        contextlib.redirect_stdout(log),
+        warnings.catch_warnings(),
+    ):
+        # Expected locally: the Kubernetes settings are ignored and the image is not pulled.
+        warnings.filterwarnings("ignore", message=".*(no effect in the current local|base image)")
         try:
             task = module.training_pipeline(**arguments)
         except RuntimeError as e:

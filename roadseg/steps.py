@@ -231,6 +231,25 @@ def register_step(
     return result.to_dict()
 
 
+def collect_candidates(train_dir: str | Path, eval_dir: str | Path | None = None) -> list[dict]:
+    """Candidates from `roadseg train --json` results (`TRAIN/<loss>/train.json`), scored by
+    `roadseg evaluate --json` (`EVAL/<loss>.json`) where present, else by their best val epoch."""
+    import json
+
+    candidates = []
+    for path in sorted(Path(train_dir).glob("*/train.json")):
+        result = json.loads(path.read_text())
+        loss = path.parent.name
+        scored = Path(eval_dir) / f"{loss}.json" if eval_dir else None
+        metrics = json.loads(scored.read_text()) if scored and scored.is_file() else result["best_val"]
+        metrics.pop("confusion_matrix", None)
+        candidates.append({"loss": loss, "run_id": result["run_id"],
+                           "model_uri": result["model_uri"], "metrics": metrics})  # fmt: skip
+    if not candidates:
+        raise FileNotFoundError(f"no training results (*/train.json) under {train_dir}")
+    return candidates
+
+
 def _link_tree(src: Path, out: Path) -> None:
     """Copy a directory tree, hard-linking files where the filesystem allows it."""
 

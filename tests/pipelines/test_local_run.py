@@ -1,0 +1,127 @@
+"""The whole pipeline under kfp.local on tiny synthetic data (slow: minutes on a shared CPU).
+
+Run 1 trains two loss variants and registers the best as champion with a drift profile; run 2
+(the weaker variant only, same data and seed) is no better, so champion stays and the version
+says why; a dataset that breaks the label rules stops before training and registers nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from roadseg.pipeline import PipelineFailed, ensure_experiment, run_local
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+TINY = [
+    "synth.train=6",
+    "synth.val=2",
+    "synth.test=1",
+    "synth.height=64",
+    "synth.width=96",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.image_size=[64,96]",
+    "model.base_channels=4",
+    "data.num_workers=0",
+    "register.min_miou=0.0",  # a 1-epoch model must still pass the gates to become champion
+    "register.class_iou_floor=0.0",
+]
+NAME = "roadseg-unet"
+
+
+def _run(tmp: Path, uri: str, losses: list[str], **kw: object) -> dict:
+    return run_local(params_file=None, overrides=TINY, loss_variants=losses, model="unet",
+                     tracking_uri=uri, work_dir=tmp / "work", **kw)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("pipeline")
+    uri = f"sqlite:///{tmp / 'mlruns.db'}"
+    ensure_experiment(uri, "bdd100k", tmp / "mlartifacts")
+    return tmp, uri
+
+
+@pytest.fixture(scope="module")
+def first(store: tuple[Path, str]) -> dict:
+    tmp, uri = store
+    return _run(tmp, uri, ["wce", "dice"])
+
+
+def test_one_mlflow_run_per_variant_with_metrics(store: tuple[Path, str], first: dict) -> None:
+    _, uri = store
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bdd100k")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["roadseg.loss"] for r in runs) == ["dice", "wce"]
+    for r in runs:
+        assert "best_val_miou" in r.data.metrics and "eval_val_miou" in r.data.metrics
+        assert r.data.tags["params_hash"] == first_params_hash(first, client)
+    assert {c["loss"] for c in first["candidates"]} == {"wce", "dice"}
+
+
+def first_params_hash(result: dict, client: MlflowClient) -> str:
+    return client.get_model_version(NAME, result["version"]).tags["params_hash"]
+
+
+def test_best_variant_is_champion_with_drift_profile(store: tuple[Path, str], first: dict) -> None:
+    tmp, uri = store
+    client = MlflowClient(uri)
+    best = max(first["candidates"], key=lambda c: c["miou"])
+    assert first["promoted"] and first["loss"] == best["loss"]
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert str(champion.version) == first["version"] == "1"
+    assert champion.run_id == best["run_id"]
+    tags = champion.tags
+    assert tags["loss"] == best["loss"] and tags["promotion"] == "promoted"
+    assert {"dataset_version", "git_commit", "pipeline_run_id", "params_hash"} <= set(tags)
+    assert tags["drift_reference_profile"].endswith("drift/reference_profile.csv")
+    files = client.list_artifacts(champion.run_id, "drift")
+    assert [f.path for f in files] == ["drift/reference_profile.csv"]
+    from roadseg.registry import download_reference_profile
+
+    profile = download_reference_profile(NAME, "champion", tracking_uri=uri, dst=tmp / "profile")
+    import pandas as pd
+
+    df = pd.read_csv(profile)
+    assert len(df) == 6 and {"brightness", "share_road"} <= set(df.columns)
+
+
+def test_second_run_no_better_keeps_champion(store: tuple[Path, str], first: dict) -> None:
+    tmp, uri = store
+    weaker = min(first["candidates"], key=lambda c: c["miou"])["loss"]
+    second = _run(tmp, uri, [weaker])
+    assert second["version"] == "2" and not second["promoted"]
+    assert second["champion_version"] == "1"
+    client = MlflowClient(uri)
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    v2 = client.get_model_version_by_alias(NAME, "challenger")
+    assert str(v2.version) == "2"
+    assert v2.tags["promotion"] == "rejected"
+    assert "does not beat champion" in v2.tags["promotion_reason"]
+
+
+def test_invalid_dataset_stops_before_training(tmp_path: Path) -> None:
+    from roadseg.data.synth import synthesize_dataset
+
+    data = tmp_path / "bad"
+    synthesize_dataset(data, train=3, val=1, test=0, height=64, width=96, seed=1)
+    mask = next((data / "labels/sem_seg/masks/train").glob("*.png"))
+    Image.fromarray(np.full((64, 96), 42, np.uint8)).save(mask)  # 42: not a BDD100k train id
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    ensure_experiment(uri, "bdd100k", tmp_path / "mlartifacts")
+    with pytest.raises(PipelineFailed, match="validate-labels"):
+        _run(tmp_path, uri, ["wce"], data_dir=data)
+    log = (tmp_path / "work/pipeline.log").read_text()
+    assert "label violation" in log and mask.name in log
+    assert "Executing task 'train'" not in log.replace("\x1b[96m", "").replace("\x1b[0m", "")
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("bdd100k")
+    assert client.search_runs([exp.experiment_id]) == []
+    assert client.search_registered_models() == []
