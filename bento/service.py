@@ -13,6 +13,7 @@ log; default params drift.log_dir), ROADSEG_PARAMS (params file for limits and b
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import bentoml
@@ -53,7 +54,12 @@ class RoadSegService:
         STATE.limits = Limits.from_params(params.serve)
         STATE.api_key = os.environ.get("ROADSEG_API_KEY") or None
         STATE.overlay_alpha = params.serve.overlay_alpha
-        STATE.monitor = MonitorLog(os.environ.get("ROADSEG_MONITOR_DIR") or params.drift.log_dir)
+        # One file per pod: appends from several pods to one file on a shared (NFS-type) volume
+        # are not atomic, appends within one pod are.
+        STATE.monitor = MonitorLog(
+            os.environ.get("ROADSEG_MONITOR_DIR") or params.drift.log_dir,
+            prefix=f"features-{os.environ.get('POD_NAME') or socket.gethostname()}",
+        )
         engine, STATE.metadata = create_engine(
             uri,
             max_batch_size=params.serve.batch_size,
