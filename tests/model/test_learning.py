@@ -5,7 +5,6 @@ Single-threaded torch: on a shared, oversubscribed CPU more threads make trainin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -49,31 +48,38 @@ def test_unet_learns_synthetic_scenes(tmp_path: Path) -> None:
     assert losses[-1] < 0.6 * losses[0]
 
 
+# The 4 training images whose rarest class covers the most pixels at 72x128: an overfitting
+# check should not hinge on classes a few pixels wide at this resolution.
+FOUR = ("00aad4a0-ee8135fe", "00d8944b-e157478b", "00a7ef03-00000000", "00d1c9e3-a7a7075f")
+
+
 def test_unet_overfits_four_real_images(real_sample: Path, tmp_path: Path) -> None:
-    # train = val = the same 4 images, so val mIoU is the training-set mIoU
+    from PIL import Image
+
+    # train = val = the same 4 images (downscaled copies, so decoding is cheap), so the val
+    # mIoU is the training-set mIoU
     data = tmp_path / "four"
-    stems = sorted(p.stem for p in (real_sample / "images/10k/train").glob("*.jpg"))[:4]
     for split in ("train", "val"):
         (data / "images/10k" / split).mkdir(parents=True)
         (data / "labels/sem_seg/masks" / split).mkdir(parents=True)
-        for s in stems:
-            os.symlink(
-                real_sample / f"images/10k/train/{s}.jpg", data / f"images/10k/{split}/{s}.jpg"
-            )
-            os.symlink(
-                real_sample / f"labels/sem_seg/masks/train/{s}.png",
-                data / f"labels/sem_seg/masks/{split}/{s}.png",
-            )
+        for s in FOUR:
+            with Image.open(real_sample / f"images/10k/train/{s}.jpg") as im:
+                im.resize((128, 72), Image.BILINEAR).save(data / f"images/10k/{split}/{s}.png")
+            with Image.open(real_sample / f"labels/sem_seg/masks/train/{s}.png") as im:
+                im.resize((128, 72), Image.NEAREST).save(
+                    data / f"labels/sem_seg/masks/{split}/{s}.png"
+                )
     params = load_params(
         None,
         [
             "data.num_workers=0",
             "model.base_channels=16",
             "train.image_size=[72,128]",
-            "train.batch_size=4",
-            "train.lr=0.01",
-            "train.warmup_epochs=2",
-            "train.epochs=150",
+            "train.batch_size=2",
+            "train.lr=0.005",
+            "train.warmup_epochs=5",
+            "train.epochs=250",
+            "train.early_stopping_patience=1000",
             "augment.scale_range=[1.0,1.0]",
             "augment.hflip_prob=0.0",
             "loss.name=dice_ce",

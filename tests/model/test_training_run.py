@@ -165,3 +165,33 @@ def test_dead_tracking_server_falls_back_to_a_local_store(
     assert len(local.get_metric_history(r.run_id, "train_loss")) == 2
     assert run.data.params["train.epochs"] == "2"
     assert r.model_uri is not None
+
+
+def test_cli_train_then_evaluate(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from roadseg.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'cli.db'}")
+    runner = CliRunner()
+    sets = ["--set", "data.num_workers=0", "--set", "model.base_channels=4",
+            "--set", "train.image_size=[32,48]", "--set", "train.epochs=1",
+            "--set", f"train.checkpoint_dir={tmp_path / 'ck'}"]  # fmt: skip
+    res = runner.invoke(app, ["train", "--data-dir", str(tiny_data), "--model", "baseline",
+                              "--loss", "ohem", "--json", "train.json", *sets])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "train.json").read_text())
+    assert out["epochs_run"] == 1 and out["model_uri"].startswith("models:/m-")
+    res = runner.invoke(app, ["evaluate", "--model-uri", out["model_uri"], "--data-dir",
+                              str(tiny_data), "--json", "eval.json", *sets])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Mean IoU" in res.output and "logged to MLflow run" in res.output
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert scores["num_images"] == 3 and 0.0 <= scores["miou"] <= 1.0
+    res = runner.invoke(app, ["evaluate", "--pred-dir", "nowhere", "--data-dir", str(tiny_data)])
+    assert res.exit_code == 1 and "prediction directory not found" in res.output
+    res = runner.invoke(app, ["evaluate", "--data-dir", str(tiny_data)])
+    assert res.exit_code == 2 and "exactly one" in res.output
