@@ -55,7 +55,9 @@ def _postgres_backend() -> Iterator[str | None]:
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        # Explicit driver: psycopg2 is what the dev extra (and the MLflow image) installs.
+        base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
+        yield f"{base}/{name}"
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
