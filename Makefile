@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo demo-data test lint format bench clean
 
 # torch first, pinned, so the CPU wheel is used and no CUDA wheels are pulled.
 $(STAMP): pyproject.toml
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the whole Kubeflow pipeline on this machine (kfp.local), synthetic data, four loss
+# variants, MLflow in ./mlruns.db. `make demo-data` runs only the data steps (synth, validate, remap).
 demo: install
+	$(VENV)/bin/roadseg pipeline run --local
+
+demo-data: install
 	$(VENV)/bin/roadseg demo
 
 test: install

@@ -241,7 +241,9 @@ def collect_candidates(train_dir: str | Path, eval_dir: str | Path | None = None
         result = json.loads(path.read_text())
         loss = path.parent.name
         scored = Path(eval_dir) / f"{loss}.json" if eval_dir else None
-        metrics = json.loads(scored.read_text()) if scored and scored.is_file() else result["best_val"]
+        metrics = (
+            json.loads(scored.read_text()) if scored and scored.is_file() else result["best_val"]
+        )
         metrics.pop("confusion_matrix", None)
         candidates.append({"loss": loss, "run_id": result["run_id"],
                            "model_uri": result["model_uri"], "metrics": metrics})  # fmt: skip
