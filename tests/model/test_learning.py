@@ -78,7 +78,7 @@ def test_unet_overfits_four_real_images(real_sample: Path, tmp_path: Path) -> No
             "train.batch_size=2",
             "train.lr=0.005",
             "train.warmup_epochs=5",
-            "train.epochs=250",
+            "train.epochs=150",
             "train.early_stopping_patience=1000",
             "augment.scale_range=[1.0,1.0]",
             "augment.hflip_prob=0.0",
