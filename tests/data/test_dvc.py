@@ -70,7 +70,8 @@ def test_project_dvc_yaml_matches_params_and_cli():
     known = set(_keys(params))
     stages = spec["stages"]
     assert {"synth", "validate", "remap"} <= set(stages)
-    for name, stage in stages.items():
+    for name in ("synth", "validate", "remap"):  # the data stages; training stages are tested apart
+        stage = stages[name]
         assert stage["cmd"].startswith("roadseg "), name
         for key in stage.get("params", []):
             assert key in known, f"stage {name}: params key {key!r} is not in params.yaml"
