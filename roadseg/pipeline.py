@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -80,6 +82,25 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> None
         client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
 
 
+class _TaskLog(io.TextIOBase):
+    """stdout of the local run: everything to the log file, the task status lines also to stderr."""
+
+    KEEP = re.compile(r"Executing task|finished with status|epoch \d+/\d+:")
+
+    def __init__(self, log: io.TextIOBase) -> None:
+        self.log = log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        for line in text.splitlines():
+            if self.KEEP.search(line):
+                sys.stderr.write(_plain(line).strip() + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
 def run_local(
     *,
     params_file: str | Path | None,
@@ -95,7 +116,7 @@ def run_local(
     """Run the whole pipeline with `kfp.local` (SubprocessRunner, this venv); return the
     registration result (with every variant's scores in `candidates`).
 
-    Task output goes to `work_dir/pipeline.log`; the task status lines stay on stderr.
+    Task output goes to `work_dir/pipeline.log`; task status and epoch lines also to stderr.
     Raises `PipelineFailed` naming the failed task.
     """
     from kfp import local
@@ -129,7 +150,7 @@ def run_local(
     with (
         _env(env),
         log_path.open("a") as log,
-        contextlib.redirect_stdout(log),
+        contextlib.redirect_stdout(_TaskLog(log)),
         warnings.catch_warnings(),
     ):
         # Expected locally: the Kubernetes settings are ignored and the image is not pulled.
@@ -203,6 +224,4 @@ def submit_pipeline(
 
 def _plain(text: str) -> str:
     """Drop the ANSI colours kfp.local puts in its messages."""
-    import re
-
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
