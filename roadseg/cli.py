@@ -15,15 +15,27 @@ from rich.console import Console
 
 from roadseg.config import Params, ParamsError, load_params
 
-app = typer.Typer(help="Road-scene segmentation: data, training, pipelines, serving, drift.", no_args_is_help=True)
-data_app = typer.Typer(help="Dataset commands: import, synth, validate, remap.", no_args_is_help=True)
+app = typer.Typer(
+    help="Road-scene segmentation: data, training, pipelines, serving, drift.", no_args_is_help=True
+)
+data_app = typer.Typer(
+    help="Dataset commands: import, synth, validate, remap.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
 
-ParamsOpt = Annotated[Path | None, typer.Option("--params", help="params YAML (default: the repository's params.yaml)")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotted.key=value (repeatable)")]
-SplitOpt = Annotated[list[str] | None, typer.Option("--split", help="split to work on (repeatable; default: all present)")]
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", help="params YAML (default: the repository's params.yaml)"),
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="override: dotted.key=value (repeatable)")
+]
+SplitOpt = Annotated[
+    list[str] | None,
+    typer.Option("--split", help="split to work on (repeatable; default: all present)"),
+]
 
 
 def get_params(params_file: Path | None, sets: list[str] | None) -> Params:
@@ -58,7 +70,10 @@ def data_validate(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="dataset root (BDD100k 10k layout)")],
     split: SplitOpt = None,
     report_dir: Annotated[
-        Path | None, typer.Option("--report-dir", help="Data Docs + JSON summary (default: validate.report_dir)")
+        Path | None,
+        typer.Option(
+            "--report-dir", help="Data Docs + JSON summary (default: validate.report_dir)"
+        ),
     ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
@@ -77,7 +92,9 @@ def data_validate(
         )
     except DatasetError as e:
         fail(str(e), code=2)
-    out = Console(width=None if console.is_terminal else 200)  # whole file names in logs, not folded
+    out = Console(
+        width=None if console.is_terminal else 200
+    )  # whole file names in logs, not folded
     if result.failures:
         out.print(failure_table(result))
     n_bad = len(result.failures)
@@ -95,13 +112,27 @@ def _warn_missing(missing: list[str], where: Path) -> None:
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path | None, typer.Option("--out", help="output root (default: synth.out_dir)")] = None,
-    train: Annotated[int | None, typer.Option("--train", help="train images (default: synth.train)")] = None,
-    val: Annotated[int | None, typer.Option("--val", help="val images (default: synth.val)")] = None,
-    test: Annotated[int | None, typer.Option("--test", help="test images (default: synth.test)")] = None,
-    height: Annotated[int | None, typer.Option("--height", help="image height (default: synth.height)")] = None,
-    width: Annotated[int | None, typer.Option("--width", help="image width (default: synth.width)")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="random seed (default: synth.seed)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output root (default: synth.out_dir)")
+    ] = None,
+    train: Annotated[
+        int | None, typer.Option("--train", help="train images (default: synth.train)")
+    ] = None,
+    val: Annotated[
+        int | None, typer.Option("--val", help="val images (default: synth.val)")
+    ] = None,
+    test: Annotated[
+        int | None, typer.Option("--test", help="test images (default: synth.test)")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option("--height", help="image height (default: synth.height)")
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option("--width", help="image width (default: synth.width)")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="random seed (default: synth.seed)")
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -129,8 +160,12 @@ def data_synth(
 @data_app.command("import")
 def data_import(
     out: Annotated[Path, typer.Option("--out", help="dataset root to unpack into")],
-    images_zip: Annotated[Path | None, typer.Option("--images-zip", help="bdd100k_images_10k.zip")] = None,
-    labels_zip: Annotated[Path | None, typer.Option("--labels-zip", help="bdd100k_sem_seg_labels_trainval.zip")] = None,
+    images_zip: Annotated[
+        Path | None, typer.Option("--images-zip", help="bdd100k_images_10k.zip")
+    ] = None,
+    labels_zip: Annotated[
+        Path | None, typer.Option("--labels-zip", help="bdd100k_sem_seg_labels_trainval.zip")
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -148,9 +183,13 @@ def data_import(
 @data_app.command("remap")
 def data_remap(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="dataset root (BDD100k 10k layout)")],
-    out: Annotated[Path | None, typer.Option("--out", help="output root (default: data.remapped_dir)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output root (default: data.remapped_dir)")
+    ] = None,
     split: SplitOpt = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="worker processes (default: data.num_workers)")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="worker processes (default: data.num_workers)")
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -170,7 +209,9 @@ def data_remap(
     except (ValueError, OSError) as e:
         fail(str(e))
     _warn_missing(summary["missing"], data_dir)
-    console.print(f"remapped {summary['splits']} into {summary['out']}; class stats: {summary['stats']}")
+    console.print(
+        f"remapped {summary['splits']} into {summary['out']}; class stats: {summary['stats']}"
+    )
 
 
 @app.command("demo")
@@ -197,7 +238,9 @@ def demo(params: ParamsOpt = None, set_: SetOpt = None) -> None:
         fail(f"validation found {len(checked.failures)} violation(s); see {checked.data_docs_path}")
     console.print(f"[bold]3/3 remap[/bold] → {out}")
     try:
-        remapped = remap_dataset(src, out, p.data, link_images=p.remap.link_images, workers=p.data.num_workers)
+        remapped = remap_dataset(
+            src, out, p.data, link_images=p.remap.link_images, workers=p.data.num_workers
+        )
     except (ValueError, OSError) as e:
         fail(str(e))
     table = Table(title="roadseg demo: what was produced and where")
@@ -227,17 +270,28 @@ def _echo(message: str) -> None:
     console.print(message, markup=False, highlight=False)
 
 
-DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="raw BDD100k, `data remap` output, or KITTI road dir")]
+DataDirOpt = Annotated[
+    Path, typer.Option("--data-dir", help="raw BDD100k, `data remap` output, or KITTI road dir")
+]
 
 
 @app.command("train")
 def train(
     data_dir: DataDirOpt,
-    model: Annotated[str | None, typer.Option("--model", help="unet | baseline (model.name)")] = None,
-    loss: Annotated[str | None, typer.Option("--loss", help="wce | ohem | dice | dice_ce | iou (loss.name)")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from train.checkpoint_dir/last.pt")] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="unet | baseline (model.name)")
+    ] = None,
+    loss: Annotated[
+        str | None, typer.Option("--loss", help="wce | ohem | dice | dice_ce | iou (loss.name)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from train.checkpoint_dir/last.pt")
+    ] = False,
     run_name: Annotated[str | None, typer.Option("--run-name", help="MLflow run name")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the result (run id, model uri, best scores)")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="write the result (run id, model uri, best scores)"),
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -250,7 +304,9 @@ def train(
     extra = [f"model.name={model}"] * bool(model) + [f"loss.name={loss}"] * bool(loss)
     p = get_params(params, [*(set_ or []), *extra])
     try:
-        result = train_model(p, data_dir, resume=resume, tracking_uri=_tracking_uri(), run_name=run_name, echo=_echo)
+        result = train_model(
+            p, data_dir, resume=resume, tracking_uri=_tracking_uri(), run_name=run_name, echo=_echo
+        )
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     best = result.best_val.get("miou")
@@ -266,12 +322,31 @@ def train(
 @app.command("evaluate")
 def evaluate(
     data_dir: DataDirOpt,
-    model_uri: Annotated[str | None, typer.Option("--model-uri", help="models:/name@alias, models:/name/N, models:/m-<id>, runs:/<id>/model or a .pt checkpoint")] = None,
-    pred_dir: Annotated[Path | None, typer.Option("--pred-dir", help="score ready-made masks P/<stem>.png (merged-class ids)")] = None,
-    split: Annotated[str | None, typer.Option("--split", help="split to score (default: evaluate.split)")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the scores as JSON")] = None,
-    run_id: Annotated[str | None, typer.Option("--run-id", help="MLflow run to log the scores to (default: the model's run)")] = None,
-    save_preds: Annotated[Path | None, typer.Option("--save-preds", help="with --model-uri: also write the predicted masks here")] = None,
+    model_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--model-uri",
+            help="models:/name@alias, models:/name/N, models:/m-<id>, runs:/<id>/model or a .pt checkpoint",
+        ),
+    ] = None,
+    pred_dir: Annotated[
+        Path | None,
+        typer.Option("--pred-dir", help="score ready-made masks P/<stem>.png (merged-class ids)"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="split to score (default: evaluate.split)")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the scores as JSON")
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="MLflow run to log the scores to (default: the model's run)"),
+    ] = None,
+    save_preds: Annotated[
+        Path | None,
+        typer.Option("--save-preds", help="with --model-uri: also write the predicted masks here"),
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -315,14 +390,18 @@ def evaluate(
             _echo(f"warning: could not log to MLflow run {run_id}: {e}")
 
 
-
 # --- pipeline --------------------------------------------------------------------------------
 
-pipeline_app = typer.Typer(help="The Kubeflow training pipeline: compile, run locally, submit.", no_args_is_help=True)
+pipeline_app = typer.Typer(
+    help="The Kubeflow training pipeline: compile, run locally, submit.", no_args_is_help=True
+)
 app.add_typer(pipeline_app, name="pipeline")
 # Local runs: two loop iterations share the cores, so no DataLoader worker processes.
 LOCAL_DEFAULTS = ["data.num_workers=0"]
-LossOpt = Annotated[list[str] | None, typer.Option("--loss", help="loss variant (repeatable; default: pipeline.loss_variants)")]
+LossOpt = Annotated[
+    list[str] | None,
+    typer.Option("--loss", help="loss variant (repeatable; default: pipeline.loss_variants)"),
+]
 
 
 def _registration_table(result: dict) -> None:
@@ -335,18 +414,30 @@ def _registration_table(result: dict) -> None:
         table.add_column(col, justify="right" if col in dict(SCORE_COLUMNS) else "left")
     for row in comparison_rows(result):
         mark = "★ champion" if row["champion"] else ("registered" if row["registered"] else "")
-        cells = [f"{row[label]:.4f}" if row[label] is not None else "-" for label, _ in SCORE_COLUMNS]
+        cells = [
+            f"{row[label]:.4f}" if row[label] is not None else "-" for label, _ in SCORE_COLUMNS
+        ]
         table.add_row(row["loss"], *cells, mark, row["run_id"])
     out = Console(width=max(140, console.width))  # whole run ids, also in logs
     out.print(table)
     champion = result["champion_version"]
-    verdict = "promoted to champion" if result["promoted"] else f"not promoted; champion stays v{champion}" if champion else "not promoted; no champion yet"
-    out.print(f"{result['model_name']} v{result['version']} ({result['loss']}): {verdict} — {result['reason']}")
+    verdict = (
+        "promoted to champion"
+        if result["promoted"]
+        else f"not promoted; champion stays v{champion}"
+        if champion
+        else "not promoted; no champion yet"
+    )
+    out.print(
+        f"{result['model_name']} v{result['version']} ({result['loss']}): {verdict} — {result['reason']}"
+    )
 
 
 @pipeline_app.command("compile")
 def pipeline_compile(
-    out: Annotated[Path, typer.Option("--out", help="IR file to write")] = Path("pipelines/training_pipeline.yaml"),
+    out: Annotated[Path, typer.Option("--out", help="IR file to write")] = Path(
+        "pipelines/training_pipeline.yaml"
+    ),
 ) -> None:
     """Compile the training pipeline to its IR YAML (commit pipelines/training_pipeline.yaml)."""
     from roadseg.pipeline import compile_pipeline
@@ -359,11 +450,21 @@ def pipeline_compile(
 
 @pipeline_app.command("run")
 def pipeline_run(
-    local: Annotated[bool, typer.Option("--local", help="run every task on this machine (kfp.local)")] = False,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="raw BDD100k-layout dataset (default: synthetic)")] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="run every task on this machine (kfp.local)")
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="raw BDD100k-layout dataset (default: synthetic)"),
+    ] = None,
     loss: LossOpt = None,
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="task outputs and pipeline.log")] = Path("artifacts/pipeline"),
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow (default: sqlite:///$PWD/mlruns.db)")] = None,
+    work_dir: Annotated[
+        Path, typer.Option("--work-dir", help="task outputs and pipeline.log")
+    ] = Path("artifacts/pipeline"),
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow (default: sqlite:///$PWD/mlruns.db)"),
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -379,28 +480,45 @@ def pipeline_run(
     p = get_params(params, overrides)
     uri = tracking_uri or f"sqlite:///{Path('mlruns.db').resolve()}"
     if uri.startswith("sqlite:"):  # artifacts beside the store, at an absolute path
-        ensure_experiment(uri, experiment_name(p.data.dataset, p.train.experiment), Path("mlartifacts").resolve())
+        ensure_experiment(
+            uri, experiment_name(p.data.dataset, p.train.experiment), Path("mlartifacts").resolve()
+        )
     losses = loss or list(p.pipeline.loss_variants)
-    console.print(f"pipeline: {', '.join(losses)} on {data_dir or 'synthetic data'}; task logs in {work_dir / 'pipeline.log'}")
+    console.print(
+        f"pipeline: {', '.join(losses)} on {data_dir or 'synthetic data'}; task logs in {work_dir / 'pipeline.log'}"
+    )
     try:
         result = run_local(params_file=params, overrides=overrides, loss_variants=losses, model=p.model.name,
                            tracking_uri=uri, work_dir=work_dir, data_dir=data_dir, git_commit=git_commit() or "")  # fmt: skip
     except (PipelineFailed, ValueError, FileNotFoundError) as e:
         fail(str(e))
     _registration_table(result)
-    Console(width=max(140, console.width)).print(f"compare the runs: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+    Console(width=max(140, console.width)).print(
+        f"compare the runs: mlflow ui --backend-store-uri {uri}", soft_wrap=True
+    )
 
 
 @pipeline_app.command("submit")
 def pipeline_submit(
     host: Annotated[str, typer.Option("--host", help="Kubeflow Pipelines endpoint URL")],
     experiment: Annotated[str, typer.Option("--experiment", help="KFP experiment")] = "roadseg",
-    schedule: Annotated[str | None, typer.Option("--schedule", help="cron (5 or 6 fields): a recurring run")] = None,
-    package: Annotated[Path, typer.Option("--package", help="compiled IR")] = Path("pipelines/training_pipeline.yaml"),
-    data_rev: Annotated[str | None, typer.Option("--data-rev", help="DVC revision of the dataset (default: synthetic)")] = None,
-    data_repo: Annotated[str, typer.Option("--data-repo", help="git URL of the DVC project (with --data-rev)")] = "",
+    schedule: Annotated[
+        str | None, typer.Option("--schedule", help="cron (5 or 6 fields): a recurring run")
+    ] = None,
+    package: Annotated[Path, typer.Option("--package", help="compiled IR")] = Path(
+        "pipelines/training_pipeline.yaml"
+    ),
+    data_rev: Annotated[
+        str | None,
+        typer.Option("--data-rev", help="DVC revision of the dataset (default: synthetic)"),
+    ] = None,
+    data_repo: Annotated[
+        str, typer.Option("--data-repo", help="git URL of the DVC project (with --data-rev)")
+    ] = "",
     loss: LossOpt = None,
-    run_name: Annotated[str, typer.Option("--run-name", help="run / recurring-run name")] = "roadseg-training",
+    run_name: Annotated[
+        str, typer.Option("--run-name", help="run / recurring-run name")
+    ] = "roadseg-training",
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -426,10 +544,20 @@ def pipeline_submit(
 
 @app.command("register")
 def register(
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="the (remapped) training data, for the drift profile")],
-    train_dir: Annotated[Path, typer.Option("--train-dir", help="holds <loss>/train.json from `roadseg train --json`")] = Path("artifacts/train"),
-    eval_dir: Annotated[Path | None, typer.Option("--eval-dir", help="holds <loss>.json from `roadseg evaluate --json`")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the decision as JSON")] = None,
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="the (remapped) training data, for the drift profile")
+    ],
+    train_dir: Annotated[
+        Path,
+        typer.Option("--train-dir", help="holds <loss>/train.json from `roadseg train --json`"),
+    ] = Path("artifacts/train"),
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option("--eval-dir", help="holds <loss>.json from `roadseg evaluate --json`"),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="write the decision as JSON")
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -443,14 +571,19 @@ def register(
     try:
         tags = {"dataset_version": dataset_version(data_dir), "params_hash": p.digest(),
                 "git_commit": git_commit() or "unknown", "pipeline_run_id": "local"}  # fmt: skip
-        result = register_step(collect_candidates(train_dir, eval_dir), data_dir, p, tracking_uri=_tracking_uri(), tags=tags)
+        result = register_step(
+            collect_candidates(train_dir, eval_dir),
+            data_dir,
+            p,
+            tracking_uri=_tracking_uri(),
+            tags=tags,
+        )
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     _registration_table(result)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
-
 
 
 # --- serving and drift -----------------------------------------------------------------------
@@ -506,7 +639,12 @@ def drift(
     p = get_params(params, set_)
     try:
         result, version = check_drift(
-            reference, current, out, p.drift, tracking_uri=_tracking_uri(), model_version=model_version
+            reference,
+            current,
+            out,
+            p.drift,
+            tracking_uri=_tracking_uri(),
+            model_version=model_version,
         )
     except (FileNotFoundError, ValueError) as e:
         fail(str(e), 2)
@@ -519,7 +657,9 @@ def drift(
         from prometheus_client import push_to_gateway
 
         try:
-            push_to_gateway(pushgateway, job="roadseg-drift", registry=drift_registry(result, version))
+            push_to_gateway(
+                pushgateway, job="roadseg-drift", registry=drift_registry(result, version)
+            )
         except OSError as e:
             fail(f"cannot push to {pushgateway}: {e}", 2)
     if not prom_file and not pushgateway:

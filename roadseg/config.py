@@ -59,8 +59,12 @@ class DataParams(_Frozen):
             raise ValueError(f"data.mapping is not total: source ids {missing} are not mapped")
         extra = sorted(set(self.mapping) - set(range(n_src)))
         if extra:
-            raise ValueError(f"data.mapping maps source ids {extra} that do not exist (0-{n_src - 1})")
-        bad = {s: d for s, d in self.mapping.items() if d != self.ignore_index and not 0 <= d < n_dst}
+            raise ValueError(
+                f"data.mapping maps source ids {extra} that do not exist (0-{n_src - 1})"
+            )
+        bad = {
+            s: d for s, d in self.mapping.items() if d != self.ignore_index and not 0 <= d < n_dst
+        }
         if bad:
             raise ValueError(
                 f"data.mapping maps beyond the {n_dst} merged classes: {bad} "
@@ -284,7 +288,9 @@ def parse_params(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         raise ParamsError("; ".join(lines)) from None
 
 
-def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+def load_params(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Params:
     """Read a params YAML (default: the repository's params.yaml) and apply `key=value` overrides."""
     p = Path(path) if path else DEFAULT_PARAMS
     if not p.is_file():

@@ -62,7 +62,9 @@ def present_splits(root: Path) -> list[str]:
     ]
 
 
-def resolve_splits(root: Path, requested: list[str] | tuple[str, ...] | None) -> tuple[list[str], list[str]]:
+def resolve_splits(
+    root: Path, requested: list[str] | tuple[str, ...] | None
+) -> tuple[list[str], list[str]]:
     """(splits to work on, requested splits that are missing). No request = all present."""
     present = present_splits(root)
     if not requested:
@@ -76,7 +78,9 @@ def resolve_splits(root: Path, requested: list[str] | tuple[str, ...] | None) ->
 def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in suffixes}
+    return {
+        p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in suffixes
+    }
 
 
 def list_samples(root: Path, split: str) -> list[Sample]:
