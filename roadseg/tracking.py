@@ -190,15 +190,17 @@ class TrackedRun:
 
         # MLflow params are strings of at most 6000 chars; lists are logged as their repr.
         clean = {k: str(v)[:6000] for k, v in params.items()}
-        self._params |= clean
         self.call(lambda: mlflow.log_params(clean))
+        # Buffered only after the call: a call that triggers the fallback is retried there, so
+        # buffering it first would replay it twice.
+        self._params |= clean
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import mlflow
 
         clean = {k.replace("/", "_").replace(" ", "_"): float(v) for k, v in metrics.items()}
-        self._metrics.append((clean, step))
         self.call(lambda: mlflow.log_metrics(clean, step=step))
+        self._metrics.append((clean, step))  # after the call, as for params
 
     def set_tags(self, tags: dict[str, str]) -> None:
         import mlflow

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +37,7 @@ def mlflow_server(tmp_path: Path):
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the server forks uvicorn workers: kill the whole group
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -47,11 +50,18 @@ def mlflow_server(tmp_path: Path):
                 pytest.skip("mlflow server did not start")
             time.sleep(1)
     else:
-        proc.kill()
+        _kill_group(proc)
         pytest.skip("mlflow server did not come up within 120 s")
     yield url, proc
-    if proc.poll() is None:
-        proc.kill()
+    _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the server and its workers; killing only the parent leaves a worker serving."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     proc.wait()
 
 
@@ -73,9 +83,8 @@ def test_server_killed_mid_run(mlflow_server, tmp_path: Path, monkeypatch) -> No
 
     def echo(message: str) -> None:
         messages.append(message)
-        if message.startswith("epoch 1/3") and proc.poll() is None:
-            proc.kill()  # the tracking server dies after the first epoch was logged
-            proc.wait()
+        if message.startswith("epoch 1/3") and proc.returncode is None:
+            _kill_group(proc)  # the tracking server dies after the first epoch was logged
 
     r = train_model(params, data, tracking_uri=url, progress=False, echo=echo)
     assert r.epochs_run == 3 and r.fell_back
