@@ -24,7 +24,8 @@ demo: install
 demo-data: install
 	$(VENV)/bin/roadseg demo
 
-test: install
+# tools: checkov for the manifest security scan, in its own venv (see below).
+test: install tools
 	$(VENV)/bin/pytest -q
 
 lint: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -34,3 +35,22 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synthesize_dataset(out, train=12, val=4, test=2, height=96, width=160, seed=0)
     return out
+
+
+def _drop_closed_log_handlers() -> None:
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """Libraries attach handlers to the stream CliRunner swapped in; once it is closed, their
+    next record prints a '--- Logging error ---' traceback into an unrelated test's output."""
+    _drop_closed_log_handlers()
+    yield
+    _drop_closed_log_handlers()
