@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -58,10 +59,8 @@ def mlflow_server(tmp_path: Path):
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """Kill the server and its workers; killing only the parent leaves a worker serving."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
