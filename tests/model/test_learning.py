@@ -8,20 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from roadseg.config import load_params
 from roadseg.training import train_model
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_unet_learns_synthetic_scenes(tmp_path: Path) -> None:

@@ -17,14 +17,6 @@ from roadseg.modelio import load_checkpoint, load_model
 from roadseg.training import train_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from roadseg.data.synth import synthesize_dataset
