@@ -130,7 +130,8 @@ def metric_key(name: str) -> str:
 
 
 def flat_scores(scores: dict[str, Any], prefix: str) -> dict[str, float]:
-    """Means and per-class IoU/Dice as flat metrics, e.g. `val_miou`, `val_iou_road`."""
+    """Means as headline metrics (`val_miou`) and per-class IoU/Dice under a prefix
+    (`val_iou/road`, `val_dice/road`): MLflow groups charts by the part before the `/`."""
     out = {
         f"{prefix}_{k}": scores[k]
         for k in ("pixel_accuracy", "mean_accuracy", "miou", "mdice")
@@ -139,7 +140,7 @@ def flat_scores(scores: dict[str, Any], prefix: str) -> dict[str, float]:
     for c in scores["per_class"]:
         for k in ("iou", "dice"):
             if c[k] is not None:
-                out[f"{prefix}_{k}_{metric_key(c['name'])}"] = c[k]
+                out[f"{prefix}_{k}/{metric_key(c['name'])}"] = c[k]
     return out
 
 
@@ -217,12 +218,18 @@ def score_tables(scores: dict[str, Any]) -> list[Any]:
     for col in ("Pixel Accuracy", "Mean Accuracy", "Mean IoU", "Mean Dice"):
         summary.add_column(col, justify="right")
     summary.add_row(*(pct(scores[k]) for k in ("pixel_accuracy", "mean_accuracy", "miou", "mdice")))
+    # The official toolkit's own fields: its "accuracy" is precision (see roadseg.metrics).
+    toolkit = Table(title="BDD100k toolkit fields (its Acc = TP / predicted pixels)")
+    keys = ("bdd100k_pAcc", "bdd100k_mIoU", "bdd100k_mAcc", "bdd100k_fwIoU")
+    for k in keys:
+        toolkit.add_column(k, justify="right")
+    toolkit.add_row(*(pct(scores.get(k)) for k in keys))
     per_class = Table(title="per class (%; n/a = absent from the ground truth and never predicted)")
     per_class.add_column("class")
-    for col in ("IoU", "Dice", "Precision", "Recall", "Pixels"):
+    for col in ("IoU", "Dice", "Precision", "Recall", "bdd100k Acc", "Pixels"):
         per_class.add_column(col, justify="right")
     for c in scores["per_class"]:
         name = c["name"] if c["present"] else f"{c['name']} (absent)"
-        per_class.add_row(name, *(pct(c[k]) for k in ("iou", "dice", "precision", "recall")),
-                          str(c.get("pixels", "")))  # fmt: skip
-    return [summary, per_class]
+        cols = ("iou", "dice", "precision", "recall", "bdd100k_acc")
+        per_class.add_row(name, *(pct(c.get(k)) for k in cols), str(c.get("pixels", "")))
+    return [summary, toolkit, per_class]

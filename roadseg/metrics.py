@@ -11,6 +11,19 @@ Convention for the means (mean accuracy, mIoU, mean Dice): they average over the
 evaluation does. A class that never occurs in the split has no defined recall or IoU; counting
 it as 0 would punish a model for the split's contents. Its false positives still lower the IoU
 and precision of the classes it was confused with.
+
+The BDD100k toolkit (``scalabel.eval.sem_seg``) reports its own fields, which `segmentation_scores`
+adds under explicit ``bdd100k_`` names so they are never mistaken for ours:
+
+- its per-class "accuracy" ``Acc`` is ``diag / hist.sum(axis=0)`` with rows = ground truth, i.e.
+  our *precision*, with 0 (not undefined) for a class never predicted; ``bdd100k_mAcc`` averages it
+  over the classes present in the truth. Our ``mean_accuracy`` stays mean *recall* (torchmetrics,
+  mmsegmentation and the original project's table);
+- ``bdd100k_fwIoU`` is frequency-weighted IoU, sum over classes of IoU × (truth pixels / all);
+- ``bdd100k_iou`` is our IoU with 0 where it is undefined; ``bdd100k_mIoU`` and ``bdd100k_pAcc``
+  equal our ``miou`` and ``pixel_accuracy``.
+
+All values are fractions in [0, 1]; the toolkit prints the same numbers × 100.
 """
 
 from __future__ import annotations
@@ -169,6 +182,26 @@ def mean_dice_score(cm: torch.Tensor) -> float:
     return _mean_present(dice_score(cm), present_classes(cm))
 
 
+def bdd100k_accuracy_score(cm: torch.Tensor) -> torch.Tensor:
+    """The BDD100k toolkit's per-class "accuracy": TP / predicted pixels (our precision), with 0
+    for a class never predicted (the toolkit replaces the NaN by 0)."""
+    return torch.nan_to_num(precision_score(cm), nan=0.0)
+
+
+def bdd100k_mean_accuracy_score(cm: torch.Tensor) -> float:
+    """The toolkit's mAcc: `bdd100k_accuracy_score` averaged over the classes present in the truth."""
+    return _mean_present(bdd100k_accuracy_score(cm), present_classes(cm))
+
+
+def frequency_weighted_iou_score(cm: torch.Tensor) -> float:
+    """The toolkit's fIoU: sum of IoU (0 where undefined) × share of truth pixels; NaN if empty."""
+    total = cm.sum()
+    if int(total) == 0:
+        return float("nan")
+    freq = cm.double().sum(1) / float(total)
+    return float((torch.nan_to_num(iou_score(cm), nan=0.0) * freq).sum())
+
+
 def _num(x: float) -> float | None:
     """JSON-safe float: NaN (undefined) becomes None."""
     return None if x != x else float(x)
@@ -187,7 +220,9 @@ def segmentation_scores(
 
     Returns:
         ``{"pixel_accuracy", "mean_accuracy", "miou", "mdice": float | None,
-        "per_class": [{"name", "iou", "dice", "precision", "recall", "present", "pixels"}]}``
+        "bdd100k_pAcc", "bdd100k_mIoU", "bdd100k_mAcc", "bdd100k_fwIoU": float | None,
+        "per_class": [{"name", "iou", "dice", "precision", "recall", "present", "pixels",
+        "bdd100k_iou", "bdd100k_acc"}]}`` (the ``bdd100k_`` fields: see the module docstring).
     """
     cm = cm.detach().cpu()
     if cm.dim() != 2 or cm.shape[0] != cm.shape[1]:
@@ -200,6 +235,7 @@ def segmentation_scores(
     precision, recall = precision_score(cm), recall_score(cm)
     present = present_classes(cm)
     pixels = cm.sum(1)
+    bdd_acc, bdd_iou = bdd100k_accuracy_score(cm), torch.nan_to_num(iou, nan=0.0)
     per_class = [
         {
             "name": names[i],
@@ -209,6 +245,8 @@ def segmentation_scores(
             "recall": _num(recall[i].item()),
             "present": bool(present[i]),
             "pixels": int(pixels[i]),
+            "bdd100k_iou": float(bdd_iou[i]),
+            "bdd100k_acc": float(bdd_acc[i]),
         }
         for i in range(n)
     ]
@@ -217,5 +255,9 @@ def segmentation_scores(
         "mean_accuracy": _num(mean_accuracy_score(cm)),
         "miou": _num(mean_iou_score(cm)),
         "mdice": _num(mean_dice_score(cm)),
+        "bdd100k_pAcc": _num(pixel_accuracy_score(cm)),
+        "bdd100k_mIoU": _num(mean_iou_score(cm)),
+        "bdd100k_mAcc": _num(bdd100k_mean_accuracy_score(cm)),
+        "bdd100k_fwIoU": _num(frequency_weighted_iou_score(cm)),
         "per_class": per_class,
     }

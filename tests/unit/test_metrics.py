@@ -63,6 +63,8 @@ def test_segmentation_scores_by_hand() -> None:
         "recall": 0.0,
         "present": True,
         "pixels": 1,
+        "bdd100k_iou": 0.0,
+        "bdd100k_acc": 0.0,
     }
 
 
@@ -94,6 +96,8 @@ def test_class_neither_present_nor_predicted_is_undefined() -> None:
         "recall": None,
         "present": False,
         "pixels": 0,
+        "bdd100k_iou": 0.0,
+        "bdd100k_acc": 0.0,
     }
 
 
