@@ -384,7 +384,8 @@ def evaluate(
         json_out.write_text(json.dumps(scores, indent=2))
     if run_id:
         try:
-            evaluation.log_scores(scores, run_id, uri, prefix=f"eval_{split}")
+            evaluation.log_scores(scores, run_id, uri, prefix=f"eval_{split}",
+                                  data_dir=data_dir, dataset=p.data.dataset)  # fmt: skip
             _echo(f"logged to MLflow run {run_id}")
         except Exception as e:
             _echo(f"warning: could not log to MLflow run {run_id}: {e}")

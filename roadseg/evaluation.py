@@ -144,16 +144,37 @@ def flat_scores(scores: dict[str, Any], prefix: str) -> dict[str, float]:
     return out
 
 
-def log_scores(scores: dict[str, Any], run_id: str, tracking_uri: str, prefix: str) -> None:
-    """Log scores (flat metrics + the full JSON) into an existing MLflow run."""
+def log_scores(
+    scores: dict[str, Any],
+    run_id: str,
+    tracking_uri: str,
+    prefix: str,
+    *,
+    data_dir: Path | None = None,
+    dataset: str | None = None,
+) -> None:
+    """Log scores (flat metrics + the full JSON) into an existing MLflow run.
+
+    With `data_dir` and `dataset` (its name), the evaluated split is also logged as a dataset
+    input `<dataset>-<split>`; its digest is the run's `dataset_version` param when it has one
+    (no second hash of the data), else computed.
+    """
     from mlflow import MlflowClient
     from mlflow.entities import Metric
+
+    from roadseg import tracking
 
     client = MlflowClient(tracking_uri)
     ts = int(time.time() * 1000)
     metrics = [Metric(k, float(v), ts, 0) for k, v in flat_scores(scores, prefix).items()]
     client.log_batch(run_id, metrics=metrics)
     client.log_dict(run_id, scores, f"evaluation/{prefix}.json")
+    if data_dir is not None and dataset:
+        split = str(scores.get("split", "eval"))
+        digest = client.get_run(run_id).data.params.get("dataset_version")
+        digest = digest or tracking.dataset_version(Path(data_dir))
+        entry = tracking.dataset_input(f"{dataset}-{split}", digest, str(data_dir), split)
+        client.log_inputs(run_id, [entry])
 
 
 def confusion_figure(cm: Sequence[Sequence[int]], names: Sequence[str]) -> Any:

@@ -175,7 +175,8 @@ def evaluate_step(
     split = params.evaluate.split
     model, spec, _ = load_model(candidate["checkpoint"])
     scores = evaluate_model(model, spec, Path(data_dir), params, split, progress=False)
-    log_scores(scores, candidate["run_id"], tracking_uri, prefix=f"eval_{split}")
+    log_scores(scores, candidate["run_id"], tracking_uri, prefix=f"eval_{split}",
+               data_dir=Path(data_dir), dataset=params.data.dataset)  # fmt: skip
     metrics = {k: v for k, v in scores.items() if k != "confusion_matrix"}
     return {**candidate, "metrics": metrics}
 

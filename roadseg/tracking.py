@@ -14,6 +14,7 @@ fallback run later with `mlflow ui --backend-store-uri sqlite:///<fallback_dir>/
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -25,6 +26,10 @@ from typing import Any
 import yaml
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+# MLflow 3 opens an experiment on its GenAI pages unless it is marked as model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+CONTEXT_TAG = "mlflow.data.context"
 
 
 def resolve_tracking_uri(value: str | None) -> str:
@@ -35,6 +40,42 @@ def resolve_tracking_uri(value: str | None) -> str:
 def experiment_name(dataset: str, configured: str | None = None) -> str:
     """`train.experiment` when set, else the dataset name (`bdd100k`, `kitti_road`)."""
     return configured or dataset
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """Id of experiment `name`, created (or tagged) as a model-training experiment.
+
+    `client` is an `MlflowClient`; `artifact_location` only applies when it is created.
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def dataset_input(name: str, digest: str, source: str, context: str) -> Any:
+    """An MLflow dataset input (`mlflow.entities.DatasetInput`) without the data itself.
+
+    Args:
+        name: what the runs table shows, e.g. `bdd100k-train`. MLflow keeps one input per
+            (name, digest) and run, so each split needs its own name to keep its context.
+        digest: the dataset version (`dvc:<md5>` or `sha256:<hash>`).
+        source: a local path, or `<git repo>@<rev>:<path>` for a DVC revision.
+        context: the split (`train`, `val`, ...), shown as the input's context.
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    repo, at, rest = source.partition("@")
+    if at and ":" in rest and not Path(source).exists():
+        rev, _, path = rest.partition(":")
+        source_type, spec = "dvc", {"uri": repo, "rev": rev, "path": path}
+    else:
+        source_type, spec = "local", {"uri": Path(source).resolve().as_uri()}
+    dataset = Dataset(name=name, digest=digest, source_type=source_type, source=json.dumps(spec))
+    return DatasetInput(dataset, [InputTag(CONTEXT_TAG, context)])
 
 
 def _dvc_md5(data_dir: Path) -> str | None:
@@ -139,6 +180,7 @@ class TrackedRun:
         self._resume_id = run_id
         self._params: dict[str, Any] = {}
         self._metrics: list[tuple[dict[str, float], int | None]] = []
+        self._inputs: list[Any] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> str:
@@ -153,7 +195,9 @@ class TrackedRun:
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
-        exp = mlflow.set_experiment(self.experiment)
+        exp = mlflow.set_experiment(
+            experiment_id=ensure_experiment(mlflow.MlflowClient(), self.experiment)
+        )
         resume = self._resume_id
         if resume is not None:
             try:
@@ -198,9 +242,17 @@ class TrackedRun:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import mlflow
 
-        clean = {k.replace("/", "_").replace(" ", "_"): float(v) for k, v in metrics.items()}
+        # "/" is kept: MLflow groups charts by the part of the name before it (val_iou/road).
+        clean = {k.replace(" ", "_"): float(v) for k, v in metrics.items()}
         self.call(lambda: mlflow.log_metrics(clean, step=step))
         self._metrics.append((clean, step))  # after the call, as for params
+
+    def log_inputs(self, inputs: list[Any]) -> None:
+        """Dataset inputs (`dataset_input`) of this run."""
+        import mlflow
+
+        self.call(lambda: mlflow.MlflowClient().log_inputs(self.run_id, inputs))
+        self._inputs += inputs
 
     def set_tags(self, tags: dict[str, str]) -> None:
         import mlflow
@@ -268,3 +320,5 @@ class TrackedRun:
             mlflow.log_params(self._params)
         for metrics, step in self._metrics:
             mlflow.log_metrics(metrics, step=step)
+        if self._inputs:
+            mlflow.MlflowClient().log_inputs(self.run_id, self._inputs)

@@ -218,10 +218,15 @@ def train_model(
             echo=echo,
         )
         run_id = run.start()
+        version = tracking.dataset_version(data_dir)
+        # One input per split, so the runs table's Dataset column and filters work.
+        run.log_inputs([tracking.dataset_input(f"{params.data.dataset}-{split}", version,
+                                               str(data_dir), split)
+                        for split in ("train", "val")])  # fmt: skip
         run.log_params(
             params.flat()
             | {
-                "dataset_version": tracking.dataset_version(data_dir),
+                "dataset_version": version,
                 "git_commit": tracking.git_commit(Path(__file__).parent) or "unknown",
                 "params_digest": params.digest(),
                 "data_dir": str(data_dir),

@@ -98,7 +98,8 @@ def test_mlflow_gets_params_metrics_figures_and_model(
     assert not r.fell_back and r.model_uri.startswith("models:/m-")
     client = MlflowClient(uri)
     run = client.get_run(r.run_id)
-    assert client.get_experiment(run.info.experiment_id).name == "bdd100k"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "bdd100k" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.info.status == "FINISHED"
     prm = run.data.params
     assert prm["train.epochs"] == "3" and prm["model.base_channels"] == "4"
@@ -106,7 +107,13 @@ def test_mlflow_gets_params_metrics_figures_and_model(
     assert len(prm["git_commit"]) >= 40 and len(prm["params_digest"]) == 16
     assert [m.step for m in client.get_metric_history(r.run_id, "train_loss")] == [1, 2, 3]
     assert len(client.get_metric_history(r.run_id, "val_miou")) == 3
-    assert "val_iou_road" in run.data.metrics and "val_mdice" in run.data.metrics
+    assert "val_iou/road" in run.data.metrics and "val_mdice" in run.data.metrics
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["bdd100k-train", "bdd100k-val"]
+    for split in ("train", "val"):
+        i = inputs[f"bdd100k-{split}"]
+        assert i.dataset.digest == prm["dataset_version"]
+        assert [(t.key, t.value) for t in i.tags] == [("mlflow.data.context", split)]
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
     arts = {
         a.path
