@@ -133,14 +133,30 @@ def data_synth(
     seed: Annotated[
         int | None, typer.Option("--seed", help="random seed (default: synth.seed)")
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="bdd100k | kitti_road (default: data.dataset)"),
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Write a synthetic road-scene dataset in the BDD100k layout (deterministic for a seed)."""
+    """Write a synthetic road-scene dataset in the BDD100k or KITTI Road layout (same seed, same
+    bytes)."""
+    from roadseg.data.kitti import synthesize_kitti
     from roadseg.data.synth import synthesize_dataset
 
-    p = get_params(params, set_)
+    p = get_params(params, [*(set_ or []), *([f"data.dataset={dataset}"] if dataset else [])])
     s = p.synth
+    if p.data.dataset == "kitti_road":
+        try:
+            made = synthesize_kitti(out or Path(s.out_dir), train=s.train if train is None else train,
+                                    val=s.val if val is None else val, test=s.test if test is None else test,
+                                    height=height or s.height, width=width or s.width,
+                                    seed=s.seed if seed is None else seed)  # fmt: skip
+        except (ValueError, OSError) as e:
+            fail(str(e))
+        console.print(f"synthetic KITTI Road dataset in {made['root']}: {made['splits']}")
+        return
     try:
         summary = synthesize_dataset(
             out or Path(s.out_dir),

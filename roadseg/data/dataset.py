@@ -1,8 +1,9 @@
 """Torch datasets over a raw BDD100k dir, a `data remap` output dir, or KITTI Road.
 
 The source is detected, not configured twice:
+- a directory holding `remap.json` (written by `roadseg data remap`): masks are already merged ids
+  (for KITTI Road: 0 not road, 1 road, 255 void, in the BDD100k layout);
 - `params.data.dataset == "kitti_road"`: KITTI Road layout, labels {0 not road, 1 road, 255 void};
-- a directory holding `remap.json` (written by `roadseg data remap`): masks are already merged ids;
 - otherwise a raw BDD100k directory: the 19 -> 14 lookup table of `params.data.lookup_table()` is
   applied on load with the same `remap_mask` that `data remap` uses.
 
@@ -33,9 +34,9 @@ CLASS_STATS = "class_stats.json"
 
 def source_kind(data_dir: Path, params: Params) -> str:
     """ "kitti", "remapped" or "raw" (see the module docstring)."""
-    if params.data.dataset == "kitti_road":
-        return "kitti"
-    return "remapped" if (Path(data_dir) / REMAP_MARKER).is_file() else "raw"
+    if (Path(data_dir) / REMAP_MARKER).is_file():  # `data remap` output, KITTI's included
+        return "remapped"
+    return "kitti" if params.data.dataset == "kitti_road" else "raw"
 
 
 def list_split(data_dir: Path, params: Params, split: str) -> list[Sample]:

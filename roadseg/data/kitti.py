@@ -19,6 +19,9 @@ from PIL import Image
 from roadseg.data.bdd100k import Sample
 
 ROAD, NOT_ROAD, VOID = 1, 0, 255
+# Ground-truth colours of KITTI's gt_image_2; any other colour (black included) is void.
+ROAD_RGB, NOT_ROAD_RGB, VOID_RGB = (255, 0, 255), (255, 0, 0), (0, 0, 0)
+CATEGORIES = ("um", "umm", "uu")  # urban marked, urban multiple marked, urban unmarked
 VAL_PERCENT = 20
 KITTI_SPLITS = ("train", "val", "test")
 
@@ -35,7 +38,8 @@ def split_of(stem: str) -> str:
     return "val" if h % 100 < VAL_PERCENT else "train"
 
 
-def _gt_name(stem: str) -> str:
+def gt_name(stem: str) -> str:
+    """The road ground-truth file name of an image stem: um_000001 → um_road_000001.png."""
     cat, _, num = stem.rpartition("_")
     return f"{cat}_road_{num}.png"
 
@@ -50,7 +54,7 @@ def list_samples(root: Path | str, split: str) -> list[Sample]:
     for img in images:
         if split != "test" and split_of(img.stem) != split:
             continue
-        gt = base / "gt_image_2" / _gt_name(img.stem)
+        gt = base / "gt_image_2" / gt_name(img.stem)
         out.append(Sample(split, img.stem, img, gt if split != "test" and gt.is_file() else None))
     return out
 
@@ -60,12 +64,19 @@ def list_pairs(root: Path | str, split: str) -> list[Sample]:
     return [s for s in list_samples(root, split) if s.label is not None]
 
 
+def category_of(stem: str) -> str:
+    """'um' for 'um_000012' (and for the ground truth 'um_road_000012'); '' when unknown."""
+    cat = stem.split("_", 1)[0]
+    return cat if cat in CATEGORIES else ""
+
+
 def decode_label(rgb: np.ndarray) -> np.ndarray:
-    """KITTI colour ground truth (H, W, 3) → uint8 (H, W): 1 road, 0 not road, 255 void."""
-    r, b = rgb[..., 0] > 127, rgb[..., 2] > 127
+    """KITTI colour ground truth (H, W, 3) → uint8 (H, W): 1 road (magenta), 0 not road (red),
+    255 anything else (black void, or a colour KITTI does not define)."""
+    rgb = np.asarray(rgb)[..., :3]
     out = np.full(rgb.shape[:2], VOID, np.uint8)
-    out[r & ~b] = NOT_ROAD
-    out[r & b] = ROAD
+    out[(rgb == NOT_ROAD_RGB).all(-1)] = NOT_ROAD
+    out[(rgb == ROAD_RGB).all(-1)] = ROAD
     return out
 
 
@@ -75,35 +86,60 @@ def read_label(path: Path | str) -> np.ndarray:
         return decode_label(np.asarray(im.convert("RGB")))
 
 
+def _scene(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A perspective road under a sky with noisy colours: (RGB uint8, road bool)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yh, vx = h * rng.uniform(0.35, 0.5), w * rng.uniform(0.35, 0.65)
+    t = np.clip((yy - yh) / (h - yh), 0, None)
+    half = w * rng.uniform(0.3, 0.6) * t
+    road = (yy > yh) & (np.abs(xx - vx - rng.uniform(-0.2, 0.2) * w * t) < half)
+    colour = np.where(road[..., None], [90, 90, 95], [70, 120, 50])
+    colour = np.where((yy < yh)[..., None], [140, 180, 230], colour)
+    img = colour * rng.uniform(0.7, 1.2) + rng.normal(0, 10, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), road
+
+
+def _stems(train: int, val: int) -> list[str]:
+    """`train` stems that `split_of` puts in train and `val` it puts in val, categories in turn."""
+    need, out, j = {"train": train, "val": val}, [], 0
+    while need["train"] or need["val"]:
+        stem = f"{CATEGORIES[j % 3]}_{j // 3:06d}"
+        if need[split_of(stem)]:
+            need[split_of(stem)] -= 1
+            out.append(stem)
+        j += 1
+    return out
+
+
 def synthesize_kitti(
-    out: Path | str, n: int, h: int, w: int, seed: int, *, n_test: int = 2
+    out: Path | str, *, train: int, val: int, test: int, height: int, width: int, seed: int
 ) -> dict:
-    """Write a tiny KITTI-Road-like dataset (perspective road, noisy colours, void border).
+    """Write a tiny KITTI-Road-like dataset under `out/data_road` (same seed, same bytes).
+
+    Training stems are chosen so that the hash split gives exactly `train` and `val` images;
+    categories um, umm, uu take turns. The ground truth has a 2-pixel void border, as KITTI has
+    where the road is undefined.
 
     Returns:
-        Summary: root (the data_road folder), training and testing image counts.
+        Summary: root (the data_road folder), splits {split: count}, height, width, seed.
     """
+    if min(height, width) < 16:
+        raise ValueError(f"image size {height}x{width} is too small (min 16)")
+    if min(train, val, test) < 0:
+        raise ValueError(f"image counts must be >= 0, got {train}/{val}/{test}")
     root = Path(out) / "data_road"
     for sub in ("training/image_2", "training/gt_image_2", "testing/image_2"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    cats = ("um", "umm", "uu")
-    for i in range(n + n_test):
-        rng = np.random.default_rng([seed, i])
-        yh, vx = h * rng.uniform(0.35, 0.5), w * rng.uniform(0.35, 0.65)
-        t = np.clip((yy - yh) / (h - yh), 0, None)
-        half = w * rng.uniform(0.3, 0.6) * t
-        road = (yy > yh) & (np.abs(xx - vx - rng.uniform(-0.2, 0.2) * w * t) < half)
-        colour = np.where(road[..., None], [90, 90, 95], [70, 120, 50])
-        colour = np.where((yy < yh)[..., None], [140, 180, 230], colour)
-        img = colour * rng.uniform(0.7, 1.2) + rng.normal(0, 10, (h, w, 3))
-        img = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-        stem = f"{cats[i % 3]}_{i:06d}"
-        if i >= n:
-            img.save(root / "testing/image_2" / f"{stem}.png")
-            continue
-        img.save(root / "training/image_2" / f"{stem}.png")
-        gt = np.where(road[..., None], [255, 0, 255], [255, 0, 0]).astype(np.uint8)
-        gt[:, :2] = 0  # a void border, as KITTI has where the ground truth is undefined
-        Image.fromarray(gt).save(root / "training/gt_image_2" / _gt_name(stem))
-    return {"root": str(root), "training": n, "testing": n_test}
+    for i, stem in enumerate(_stems(train, val)):
+        img, road = _scene(height, width, np.random.default_rng([seed, 0, i]))
+        Image.fromarray(img).save(root / "training/image_2" / f"{stem}.png")
+        gt = np.where(road[..., None], ROAD_RGB, NOT_ROAD_RGB).astype(np.uint8)
+        gt[:, :2] = 0
+        Image.fromarray(gt).save(root / "training/gt_image_2" / gt_name(stem))
+    for i in range(test):
+        img, _ = _scene(height, width, np.random.default_rng([seed, 1, i]))
+        Image.fromarray(img).save(
+            root / "testing/image_2" / f"{CATEGORIES[i % 3]}_{i // 3:06d}.png"
+        )
+    splits = {"train": train, "val": val, "test": test}
+    return {"root": str(root), "splits": splits, "height": height, "width": width, "seed": seed}

@@ -11,6 +11,7 @@ by a pool of worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -137,6 +138,8 @@ def remap_dataset(
 ) -> dict:
     """Write `out` as `src` with masks remapped 19 → 14, plus remap.json and class_stats.json.
 
+    With `data.dataset: kitti_road` the source is a KITTI Road folder (see `remap_kitti`).
+
     Args:
         src: dataset root in the BDD100k layout (masks, or colormaps when masks are absent).
         out: output root (created; a previous remap output there is updated in place).
@@ -152,6 +155,9 @@ def remap_dataset(
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise FileNotFoundError(f"dataset folder {src} does not exist")
+    if data_params.dataset == "kitti_road":
+        return remap_kitti(src, out, data_params, link_images=link_images, workers=workers,
+                           progress=progress)  # fmt: skip
     todo, missing = resolve_splits(src, splits)
     if not todo:
         raise ValueError(f"no splits to remap in {src} (requested: {splits or 'all'}, found none)")
@@ -212,3 +218,71 @@ def remap_dataset(
 def _split_of(task: tuple, out: Path) -> str:
     # mask destination is OUT/labels/sem_seg/masks/<split>/<stem>.png
     return task[3].parent.name
+
+
+def _process_kitti(task: tuple) -> np.ndarray:
+    """One KITTI sample: place the image, write its binary id mask; its 256-bin histogram."""
+    from roadseg.data.kitti import read_label as read_kitti_label
+
+    image, image_dst, label, mask_dst, link = task
+    place_file(image, image_dst, link)
+    if label is None:
+        return np.zeros(256, np.int64)
+    out = read_kitti_label(label)
+    write_mask(mask_dst, out)
+    return np.asarray(Image.fromarray(out).histogram(), dtype=np.int64)
+
+
+def remap_kitti(
+    src: Path, out: Path, data_params: DataParams, *, link_images: bool = True, workers: int = 1,
+    progress: bool = True,
+) -> dict:  # fmt: skip
+    """KITTI Road (`data_road/training`, `testing`) → the BDD100k layout with binary id masks.
+
+    Masks: road (magenta) 1, not road (red) 0, anything else the ignore index. Training images
+    go to train or val by `kitti.split_of`, testing images to test; stems are kept, so the
+    category (um, umm, uu) stays readable. Class statistics are over the train split.
+    """
+    from roadseg.data import kitti
+
+    root = kitti.kitti_root(src)
+    if not (root / "training/image_2").is_dir():
+        raise ValueError(f"no KITTI Road training/image_2 folder in {root}")
+    _check_out(root, out)
+    if data_params.ignore_index != kitti.VOID:
+        raise ValueError(
+            f"KITTI void is {kitti.VOID}; data.ignore_index is {data_params.ignore_index}"
+        )
+    tasks, per_split = [], {}
+    for split in kitti.KITTI_SPLITS:
+        samples = [s for s in kitti.list_samples(root, split) if s.label or split == "test"]
+        per_split[split] = {
+            "images": len(samples),
+            "masks": sum(s.label is not None for s in samples),
+        }
+        tasks += [(s.image, image_dir(out, split) / s.image.name, s.label,
+                   mask_dir(out, split) / f"{s.stem}.png", link_images) for s in samples]  # fmt: skip
+    n_workers = max(1, min(workers, os.cpu_count() or 1, len(tasks) or 1))
+    hist = {split: np.zeros(256, np.int64) for split in per_split}
+    with tqdm(total=len(tasks), desc="remap", unit="file", disable=not progress) as bar:
+        pool = Pool(n_workers) if n_workers > 1 else contextlib.nullcontext()
+        with pool:
+            run = (
+                pool.imap(_process_kitti, tasks, 4) if n_workers > 1 else map(_process_kitti, tasks)
+            )
+            for task, h in zip(tasks, run, strict=True):
+                hist[_split_of(task, out)] += h
+                bar.update()
+    names = [c.name for c in data_params.kitti_classes]
+    basis = ["train"] if per_split["train"]["masks"] else ["val"]
+    stats = class_stats_from_counts(sum(hist[s] for s in basis)[: len(names)], names, kitti.VOID)
+    stats["splits"] = basis
+    out.mkdir(parents=True, exist_ok=True)
+    marker = {"source": str(root), "dataset": "kitti_road", "num_classes": len(names),
+              "classes": names, "ignore_index": kitti.VOID, "splits": per_split,
+              "mapping": {"magenta (road)": kitti.ROAD, "red (not road)": kitti.NOT_ROAD,
+                          "anything else": kitti.VOID}}  # fmt: skip
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    (out / STATS).write_text(json.dumps(stats, indent=2) + "\n")
+    return {"out": str(out), "splits": per_split, "missing": [], "stats": str(out / STATS),
+            "class_stats": stats}  # fmt: skip

@@ -23,6 +23,12 @@ import pandas as pd
 from roadseg.config import DataParams
 from roadseg.data import bdd100k
 from roadseg.data.inventory import build_file_table
+from roadseg.data.kitti_checks import (
+    KITTI_RULES,
+    build_kitti_table,
+    kitti_detail,
+    kitti_expectations,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -74,11 +80,14 @@ class DatasetError(ValueError):
     """The input cannot be validated at all (missing or empty directory, unknown split)."""
 
 
-def _expectations(gxe, max_ignore_fraction: float) -> list:
+def _expectations(gxe, max_ignore_fraction: float, dataset: str = "bdd100k") -> list:
     """The suite, one entry per (rule, expectation); `meta.rule` maps results back to rules."""
 
     def tag(rule: str) -> dict:
-        return {"meta": {"rule": rule}, "notes": RULES[rule]}
+        return {"meta": {"rule": rule}, "notes": {**RULES, **KITTI_RULES}[rule]}
+
+    if dataset == "kitti_road":
+        return kitti_expectations(gxe, tag, max_ignore_fraction)
 
     def in_set(rule: str, column: str, values: list) -> object:
         return gxe.ExpectColumnValuesToBeInSet(column=column, value_set=values, **tag(rule))
@@ -149,7 +158,7 @@ def _detail(rule: str, row: pd.Series, max_ignore_fraction: float) -> tuple[str,
 
 
 def _run_suite(
-    table: pd.DataFrame, docs_dir: Path, max_ignore_fraction: float
+    table: pd.DataFrame, docs_dir: Path, max_ignore_fraction: float, dataset: str = "bdd100k"
 ) -> tuple[list[Failure], Path]:
     """Run the GX checkpoint over `table`; return failures per file and the Data Docs index."""
     import great_expectations as gx
@@ -179,7 +188,7 @@ def _run_suite(
     context = gx.get_context(project_config=config, mode="ephemeral")
     batch = context.data_sources.add_pandas("roadseg").add_dataframe_asset("files")
     suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
-    for expectation in _expectations(gxe, max_ignore_fraction):
+    for expectation in _expectations(gxe, max_ignore_fraction, dataset):
         suite.add_expectation(expectation)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(
@@ -210,9 +219,19 @@ def _run_suite(
                 msg = res.exception_info.get("exception_message")
                 failures.append(Failure("*", "*", rule, f"expectation could not run: {msg}"))
                 continue
+            if "partial_missing_list" in res.result:  # a whole-table rule (KITTI categories)
+                missing = res.result["partial_missing_list"]
+                failures.append(
+                    Failure("training", "training/image_2", rule, f"missing: {missing}")
+                )
+                continue
             for hit in res.result.get("unexpected_index_list") or []:
                 row = by_row.loc[int(hit["row"])]
-                file, detail = _detail(rule, row, max_ignore_fraction)
+                file, detail = (
+                    kitti_detail(rule, row)
+                    if dataset == "kitti_road"
+                    else _detail(rule, row, max_ignore_fraction)
+                )
                 failures.append(Failure(row["split"], file, rule, detail))
     return failures, docs_dir / "index.html"
 
@@ -261,6 +280,8 @@ def validate_dataset(
     """
     start = time.perf_counter()
     root, report = Path(data_dir), Path(report_dir)
+    if data_params.dataset == "kitti_road":
+        return _validate_kitti(root, data_params, report, max_ignore_fraction, workers, progress)
     present, missing = _resolve(root, splits)
     table = build_file_table(root, data_params, present, workers=workers, progress=progress)
 
@@ -292,10 +313,54 @@ def validate_dataset(
     return result
 
 
+def _validate_kitti(
+    root: Path,
+    data_params: DataParams,
+    report: Path,
+    max_ignore_fraction: float,
+    workers: int | None,
+    progress: bool | None,
+) -> ValidationResult:
+    """`validate_dataset` for the KITTI Road layout (rules: `KITTI_RULES`)."""
+    from roadseg.data.kitti import kitti_root
+
+    start, root = time.perf_counter(), kitti_root(root)
+    if not (root / "training").is_dir() and not (root / "testing").is_dir():
+        raise DatasetError(
+            f"no KITTI Road dataset in {root}: expected training/image_2 and "
+            "training/gt_image_2 (and optionally testing/image_2)"
+        )
+    n_workers = workers if workers is not None else data_params.num_workers
+    table = build_kitti_table(root, workers=n_workers, progress=progress)
+    failures = []
+    if not (table["split"] != "test").any():
+        failures.append(
+            Failure("training", "training/image_2", "split_not_empty", "no training images")
+        )
+    report.mkdir(parents=True, exist_ok=True)
+    table.to_csv(report / TABLE_FILE, index=False)
+    suite_failures, docs_index = _run_suite(
+        table, report / DOCS_DIR, max_ignore_fraction, "kitti_road"
+    )
+    failures += sorted(suite_failures, key=lambda f: (f.split, f.file, f.rule))
+    result = ValidationResult(
+        success=not failures, n_files=len(table), failures=failures,
+        data_docs_path=docs_index, summary_path=report / SUMMARY_FILE,
+        seconds=time.perf_counter() - start,
+    )  # fmt: skip
+    splits = [s for s in ("train", "val", "test") if (table["split"] == s).any()]
+    _write_summary(result, root, splits, table, KITTI_RULES)
+    return result
+
+
 def _write_summary(
-    result: ValidationResult, root: Path, splits: list[str], table: pd.DataFrame
+    result: ValidationResult,
+    root: Path,
+    splits: list[str],
+    table: pd.DataFrame,
+    rules: dict[str, str] = RULES,
 ) -> None:
-    per_rule = {rule: sum(f.rule == rule for f in result.failures) for rule in RULES}
+    per_rule = {rule: sum(f.rule == rule for f in result.failures) for rule in rules}
     summary = {
         "success": result.success,
         "data_dir": str(root),
@@ -305,7 +370,7 @@ def _write_summary(
         "files_per_split": {s: int((table["split"] == s).sum()) for s in splits},
         "n_failures": len(result.failures),
         "failures_per_rule": per_rule,
-        "rules": RULES,
+        "rules": rules,
         "failures": [f._asdict() for f in result.failures],
         "data_docs": str(result.data_docs_path),
         "seconds": round(result.seconds, 3),

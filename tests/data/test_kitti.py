@@ -12,13 +12,30 @@ from roadseg.data import kitti
 @pytest.fixture(scope="module")
 def kitti_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("kitti")
-    kitti.synthesize_kitti(out, n=20, h=40, w=64, seed=0)
+    kitti.synthesize_kitti(out, train=16, val=4, test=2, height=40, width=64, seed=0)
     return out
 
 
 def test_decode_label():
-    rgb = np.array([[[255, 0, 255], [255, 0, 0], [0, 0, 0], [0, 255, 0]]], np.uint8)
-    assert kitti.decode_label(rgb).tolist() == [[1, 0, 255, 255]]
+    rgb = np.array([[[255, 0, 255], [255, 0, 0], [0, 0, 0], [0, 255, 0], [250, 0, 250]]], np.uint8)
+    # only the exact KITTI colours count; a near-magenta is void, not road
+    assert kitti.decode_label(rgb).tolist() == [[1, 0, 255, 255, 255]]
+
+
+def test_category_of():
+    assert [kitti.category_of(s) for s in ("um_000001", "umm_road_000002", "uu_9", "xx_1")] == [
+        "um", "umm", "uu", ""
+    ]  # fmt: skip
+
+
+def test_synth_is_deterministic(tmp_path, kitti_dir):
+    kitti.synthesize_kitti(tmp_path, train=16, val=4, test=2, height=40, width=64, seed=0)
+    for rel in ("training/image_2/um_000000.png", "training/gt_image_2/um_road_000000.png"):
+        assert (tmp_path / "data_road" / rel).read_bytes() == (
+            kitti_dir / "data_road" / rel
+        ).read_bytes()
+    with pytest.raises(ValueError, match="too small"):
+        kitti.synthesize_kitti(tmp_path, train=1, val=1, test=0, height=8, width=64, seed=0)
 
 
 def test_read_label_from_png(tmp_path):
@@ -34,7 +51,7 @@ def test_read_label_from_png(tmp_path):
 def test_split_is_deterministic_and_disjoint(kitti_dir):
     train = kitti.list_pairs(kitti_dir, "train")
     val = kitti.list_pairs(kitti_dir, "val")
-    assert len(train) + len(val) == 20 and val and train
+    assert (len(train), len(val)) == (16, 4)  # synth picks stems so the hash split gives these
     assert not {s.stem for s in train} & {s.stem for s in val}
     assert [s.stem for s in train] == [
         s.stem for s in kitti.list_pairs(kitti_dir / "data_road", "train")
