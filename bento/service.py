@@ -1,13 +1,16 @@
-"""BentoML service for the road-segmentation model (the routes live in `roadseg/api.py`).
+"""BentoML service for the road-segmentation model.
 
-Loads the model named by ROADSEG_MODEL_URI (default `models:/roadseg-unet@champion`, from the
-MLflow server at MLFLOW_TRACKING_URI) once per worker, on the GPU when there is one, warms it up,
-and only then reports ready on /readyz::
+Typed `@bentoml.api` methods for the native routes (`POST /segment`, `POST /segment/json`), so
+`bentoml.SyncHTTPClient(url).segment(image=Path("street.jpg"))` works; the original projects'
+routes (`roadseg/legacy.py`) on a mounted FastAPI app. Both infer through the state on this
+instance (`self.state`, one batching queue). Loads the model once per worker, on the GPU when
+there is one, warms it up, and only then reports ready on /readyz::
 
     ROADSEG_MODEL_URI=models:/roadseg-unet@champion bentoml serve bento.service:RoadSegService --port 3000
 
-Other environment: ROADSEG_API_KEY (require header X-API-Key), ROADSEG_MONITOR_DIR (monitoring
-log; default params drift.log_dir), ROADSEG_PARAMS (params file for limits and batching).
+Other environment: ROADSEG_API_KEY (require `X-API-Key` or `Authorization: Bearer`),
+ROADSEG_MONITOR_DIR (monitoring log; default params drift.log_dir), ROADSEG_PARAMS (params file
+for limits and batching).
 """
 
 from __future__ import annotations
@@ -15,19 +18,55 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Annotated, Any
 
 import bentoml
+from bentoml.validators import ContentType
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
 
-from roadseg.api import GuardMiddleware, ServingState, build_app
+from roadseg.api import Format, GuardMiddleware, RawImageBody, ServingState, error_response
+from roadseg.inputs import InputError, decode_image
+from roadseg.legacy import build_legacy_app
 
 DEFAULT_MODEL_URI = "models:/roadseg-unet@champion"
-STATE = ServingState(ui_dir=Path(__file__).resolve().parent / "ui")
-app = build_app(STATE)
+UI_DIR = Path(__file__).resolve().parent / "ui"
+FORMATS = ("mask", "color", "overlay")
+
+
+def current_state() -> ServingState | None:
+    """The state of this worker's service instance (None until it is created)."""
+    try:
+        return bentoml.get_current_service().state
+    except Exception:  # not instantiated yet: the middleware answers as "unloaded"
+        return None
+
+
+def _live_state() -> ServingState:
+    state = current_state()
+    if state is None:
+        raise HTTPException(503, "model is not loaded yet")
+    return state
+
+
+class SegmentResult(BaseModel):
+    """`POST /segment/json`: the class-id mask and what it contains."""
+
+    mask: str = Field(description="base64 PNG, one class id per pixel, at the input's size")
+    width: int
+    height: int
+    class_shares: dict[str, float] = Field(description="class name -> share of the pixels")
+    confidence: float = Field(description="mean over pixels of the max softmax probability")
+    model_version: str
 
 
 @bentoml.service(name="roadseg", traffic={"timeout": 300}, http={"port": 3000})
-@bentoml.asgi_app(app, path="/")
+@bentoml.asgi_app(build_legacy_app(_live_state, ui_dir=UI_DIR), path="/")
 class RoadSegService:
+    """Road-scene semantic segmentation (BDD100k 14 classes, or KITTI Road's binary model)."""
+
     def __init__(self) -> None:
         from roadseg.batching import create_engine
         from roadseg.config import load_params
@@ -35,50 +74,94 @@ class RoadSegService:
         from roadseg.monitoring import MonitorLog
 
         params = load_params(os.environ.get("ROADSEG_PARAMS") or None)
+        self.state = ServingState(
+            limits=Limits.from_params(params.serve),
+            api_key=os.environ.get("ROADSEG_API_KEY") or None,
+            overlay_alpha=params.serve.overlay_alpha,
+            # One file per pod: appends from several pods to one file on a shared (NFS-type)
+            # volume are not atomic, appends within one pod are.
+            monitor=MonitorLog(
+                os.environ.get("ROADSEG_MONITOR_DIR") or params.drift.log_dir,
+                prefix=f"features-{os.environ.get('POD_NAME') or socket.gethostname()}",
+            ),
+            ui_dir=UI_DIR,
+        )
+        # model source
         uri = os.environ.get("ROADSEG_MODEL_URI", DEFAULT_MODEL_URI)
-        latency = bentoml.metrics.Histogram(
-            name="roadseg_inference_latency_seconds",
-            documentation="Model forward time per batch",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        engine, metadata = create_engine(
+            uri, max_batch_size=params.serve.batch_size, observer=_observer(), warm_up=True
         )
-        batch = bentoml.metrics.Histogram(
-            name="roadseg_batch_size",
-            documentation="Images per model forward pass",
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-        )
-
-        def observe(size: int, seconds: float) -> None:
-            latency.observe(seconds)
-            batch.observe(size)
-
-        STATE.limits = Limits.from_params(params.serve)
-        STATE.api_key = os.environ.get("ROADSEG_API_KEY") or None
-        STATE.overlay_alpha = params.serve.overlay_alpha
-        # One file per pod: appends from several pods to one file on a shared (NFS-type) volume
-        # are not atomic, appends within one pod are.
-        STATE.monitor = MonitorLog(
-            os.environ.get("ROADSEG_MONITOR_DIR") or params.drift.log_dir,
-            prefix=f"features-{os.environ.get('POD_NAME') or socket.gethostname()}",
-        )
-        engine, STATE.metadata = create_engine(
-            uri,
-            max_batch_size=params.serve.batch_size,
-            observer=observe,
-            warm_up=True,
-        )
-        STATE.engine = engine
+        self.state.engine, self.state.metadata = engine, metadata
         bentoml.metrics.Gauge(
             name="roadseg_model_info",
             documentation="The served model (value 1)",
             labelnames=["model_name", "version", "run_id"],
         ).labels(
-            model_name=STATE.metadata["model_name"],
-            version=STATE.metadata["version"],
-            run_id=str(STATE.metadata["run_id"]),
+            model_name=metadata["model_name"],
+            version=metadata["version"],
+            run_id=str(metadata["run_id"]),
         ).set(1)
 
     def __is_ready__(self) -> bool:
-        return STATE.engine is not None and STATE.engine.ready
+        return self.state.ready
+
+    @bentoml.api(route="/segment")
+    async def segment(
+        self, image: Path, format: Format | None = None, ctx: bentoml.Context = None
+    ) -> Annotated[Path, ContentType("image/png")]:
+        """One JPEG/PNG (multipart `image`, or the raw body) -> PNG at the input's resolution:
+        class ids (`mask`), colourised mask (`color`) or the image blended with it (`overlay`).
+        `format` may also come as the query parameter `?format=`."""
+        try:
+            fmt = _format(format, ctx)
+            decoded = await self._decode(image)
+            (pred,) = await self.state.infer([decoded])
+            png = await run_in_threadpool(self.state.render, decoded, pred, fmt)
+        except (InputError, HTTPException) as e:
+            return error_response(e)
+        return Response(png, media_type="image/png")
+
+    @bentoml.api(route="/segment/json")
+    async def segment_json(self, image: Path) -> SegmentResult:
+        """One JPEG/PNG -> base64 PNG mask, per-class pixel shares, mean confidence, version."""
+        try:
+            decoded = await self._decode(image)
+            (pred,) = await self.state.infer([decoded])
+        except (InputError, HTTPException) as e:
+            return error_response(e)
+        return JSONResponse(self.state.json_result(decoded, pred))
+
+    async def _decode(self, image: Path) -> Any:
+        data = await run_in_threadpool(Path(image).read_bytes)
+        return await run_in_threadpool(decode_image, data, self.state.limits, name="image")
 
 
-RoadSegService.add_asgi_middleware(GuardMiddleware, state=STATE)
+def _format(given: str | None, ctx: bentoml.Context | None) -> str:
+    fmt = given or (ctx.request.query_params.get("format") if ctx is not None else None) or "mask"
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r} (mask, color or overlay)", 422, "bad_format")
+    return fmt
+
+
+def _observer() -> Any:
+    latency = bentoml.metrics.Histogram(
+        name="roadseg_inference_latency_seconds",
+        documentation="Model forward time per batch",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )
+    batch = bentoml.metrics.Histogram(
+        name="roadseg_batch_size",
+        documentation="Images per model forward pass",
+        buckets=(1, 2, 4, 8, 16, 32, 64),
+    )
+
+    def observe(size: int, seconds: float) -> None:
+        latency.observe(seconds)
+        batch.observe(size)
+
+    return observe
+
+
+# Outermost first: the guard sees the request as sent, then raw bodies become multipart `image`.
+RoadSegService.add_asgi_middleware(GuardMiddleware, state=current_state)
+RoadSegService.add_asgi_middleware(RawImageBody)

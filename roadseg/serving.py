@@ -103,6 +103,9 @@ class Prediction:
     mask: np.ndarray  # (H, W) uint8 class ids
     confidence: float  # mean over pixels of the max softmax probability
     class_shares: dict[str, float]  # class name -> share of pixels predicted as that class
+    # Softmax probability of the class named "road" scaled to 0-255, (H, W) uint8; None when the
+    # model has no such class. What the KITTI road server answered (its `/upload`).
+    road_probability: np.ndarray | None = None
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -187,11 +190,16 @@ def predict(
             conf, mask = probs.max(dim=0)
             counts = torch.bincount(mask.flatten(), minlength=spec.num_classes).double()
             shares = (counts / counts.sum()).tolist()
+            road = None
+            if "road" in spec.class_names:
+                p = probs[spec.class_names.index("road")]
+                road = p.mul(255.0).round_().to(torch.uint8).cpu().numpy()
             out.append(
                 Prediction(
                     mask=mask.to(torch.uint8).cpu().numpy(),
                     confidence=float(conf.mean()),
                     class_shares=dict(zip(spec.class_names, shares, strict=True)),
+                    road_probability=road,
                 )
             )
     return out

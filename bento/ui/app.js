@@ -357,7 +357,7 @@
 
   async function segmentImage(file) {
     const form = new FormData();
-    form.append("file", file, file.name);
+    form.append("image", file, file.name);
     const { body, headers } = await fetchJson("/segment/json", { method: "POST", body: form });
     const maskB64 = body.mask ?? body.mask_png ?? body.mask_base64;
     await addItem({
