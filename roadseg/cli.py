@@ -510,9 +510,52 @@ def pipeline_run(
     except (PipelineFailed, ValueError, FileNotFoundError) as e:
         fail(str(e))
     _registration_table(result)
+    from roadseg.runs import parent_link
+
     Console(width=max(140, console.width)).print(
-        f"compare the runs: mlflow ui --backend-store-uri {uri}", soft_wrap=True
+        f"compare the runs: {parent_link(uri, result['parent_run_id'])}", soft_wrap=True
     )
+
+
+runs_app = typer.Typer(help="Pipeline runs in MLflow: their loss variants side by side.",
+                       no_args_is_help=True)  # fmt: skip
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("compare")
+def runs_compare(
+    pipeline_run: Annotated[
+        str | None, typer.Option("--pipeline-run", help="pipeline (KFP) run id")
+    ] = None,
+    parent: Annotated[str | None, typer.Option("--parent", help="MLflow parent run id")] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="default: train.experiment or the dataset")
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the comparison table of a pipeline run (default: the latest) from MLflow."""
+    from roadseg import runs
+    from roadseg.tracking import experiment_name
+
+    if pipeline_run and parent:
+        fail("give at most one of --pipeline-run and --parent", 2)
+    p = get_params(params, set_)
+    uri = _tracking_uri()
+    exp = experiment or experiment_name(p.data.dataset, p.train.experiment)
+    try:
+        run = runs.find_parent(uri, exp, parent_run_id=parent, pipeline_run_id=pipeline_run)
+        result = runs.load_registration(uri, run.info.run_id)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    tags = run.data.tags
+    Console(width=max(140, console.width)).print(
+        f"pipeline run {tags.get(runs.PIPELINE_RUN_TAG, '?')} (MLflow run {run.info.run_id}, "
+        f"{run.info.run_name}): data {tags.get('dataset_version', '?')}, "
+        f"params {tags.get('params_hash', '?')}",
+        soft_wrap=True,
+    )
+    _registration_table(result)
 
 
 @pipeline_app.command("submit")

@@ -73,13 +73,14 @@ def _env(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path) -> None:
-    """Create the experiment with an absolute artifact location (tasks run as subprocesses)."""
+    """Create the experiment with an absolute artifact location (tasks run as subprocesses),
+    as a model-training experiment (`roadseg.tracking.ensure_experiment`)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    if client.get_experiment_by_name(name) is None:
-        artifact_root.mkdir(parents=True, exist_ok=True)
-        client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+    from roadseg.tracking import ensure_experiment as ensure
+
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    ensure(MlflowClient(tracking_uri), name, artifact_root.resolve().as_uri())
 
 
 class _TaskLog(io.TextIOBase):

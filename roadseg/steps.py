@@ -217,8 +217,11 @@ def register_step(
     tracking_uri: str,
     tags: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Register the best candidate (see `roadseg.registry.register_best`); the result as a dict."""
+    """Register the best candidate (see `roadseg.registry.register_best`), then log the parent
+    run that groups the variants (`roadseg.runs`); the result as a dict, with `parent_run_id`."""
     from roadseg.registry import register_best
+    from roadseg.runs import log_parent_run
+    from roadseg.tracking import experiment_name
 
     result = register_best(
         candidates,
@@ -229,7 +232,15 @@ def register_step(
             best.model_uri, data_dir, params, tracking_uri=tracking_uri
         ),
     )
-    return result.to_dict()
+    out = result.to_dict()
+    out["parent_run_id"] = log_parent_run(
+        out,
+        candidates,
+        tracking_uri=tracking_uri,
+        experiment=experiment_name(params.data.dataset, params.train.experiment),
+        tags=tags,
+    )
+    return out
 
 
 def collect_candidates(train_dir: str | Path, eval_dir: str | Path | None = None) -> list[dict]:
