@@ -1,0 +1,191 @@
+"""Pixel content, not only shapes, through the code that transforms pixels in serving/evaluation.
+
+A fixed model with a known spatial answer (each pixel's class is the colour of that pixel: red 0,
+green 1, blue 2) is run through `predict` on images whose layout is asymmetric left/right and
+top/bottom, so a mirrored mask, a BGR image, a swapped batch or a shifted crop all give a
+different mask. The U-Nets' pad-and-crop is checked against padding by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from roadseg.models import build_model
+from roadseg.serving import (
+    ModelSpec,
+    colorize,
+    normalize,
+    overlay,
+    predict,
+    preprocess,
+    resize_image,
+    resize_mask,
+)
+
+RGB = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)  # class k has colour RGB[k]
+
+
+@pytest.fixture
+def spec(params) -> ModelSpec:
+    return ModelSpec.from_params(params, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+class ColourModel(torch.nn.Module):
+    """1×1 conv: logit k = normalised channel k for k < 3; other classes a fixed -10."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, num_classes, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.fill_(-10.0)
+            for k in range(3):
+                self.conv.weight[k, k] = 1.0
+                self.conv.bias[k] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def layout(h: int, w: int) -> np.ndarray:
+    """Class ids: top 2/3 red (left third) | green; bottom third blue (left 3/4) | red."""
+    m = np.ones((h, w), np.uint8)
+    top, left = round(2 * h / 3), round(w / 3)
+    m[:top, :left] = 0
+    m[top:] = 2
+    m[top:, round(3 * w / 4) :] = 0
+    return m
+
+
+def interior(m: np.ndarray, margin: int) -> np.ndarray:
+    """Pixels whose (2·margin+1)² neighbourhood holds one class (far from every boundary)."""
+    h, w = m.shape
+    pad = np.pad(m.astype(np.int16), margin, mode="edge")
+    same = np.ones((h, w), bool)
+    for dy in range(2 * margin + 1):
+        for dx in range(2 * margin + 1):
+            same &= pad[dy : dy + h, dx : dx + w] == m
+    return same
+
+
+@pytest.mark.parametrize("size", [(41, 64), (720, 1280), (15, 23), (200, 90), (96, 160)])
+def test_predict_gives_each_pixel_its_own_class(spec: ModelSpec, size: tuple[int, int]) -> None:
+    truth = layout(*size)
+    (p,) = predict(ColourModel(spec.num_classes), [RGB[truth]], spec)
+    sh, sw = spec.image_size
+    # bilinear down- then up-sampling blurs a boundary over about one model pixel (in input
+    # pixels: the input/model size ratio) or one input pixel, whichever is larger
+    margin = 1 + math.ceil(max(size[0] / sh, size[1] / sw, 1))
+    keep = interior(truth, margin)
+    assert keep.mean() > 0.3
+    assert (p.mask[keep] == truth[keep]).all()
+    assert (p.mask == truth).mean() > 0.9
+    for k, name in enumerate(spec.class_names):
+        assert p.class_shares[name] == pytest.approx((p.mask == k).mean())
+
+
+def test_predict_keeps_images_and_masks_paired_across_batches(spec: ModelSpec) -> None:
+    """Different layouts and sizes in one call, split over batches of 2: each mask is its own."""
+    truths = [layout(60, 90), layout(90, 60)[::-1], layout(45, 70)[:, ::-1], np.full((30, 40), 2)]
+    images = [RGB[t] for t in truths]
+    preds = predict(ColourModel(spec.num_classes), images, spec, batch_size=2)
+    for t, p in zip(truths, preds, strict=True):
+        keep = interior(t, 4)
+        assert (p.mask[keep] == t[keep]).all()
+
+
+def test_confidence_of_a_uniform_image_by_hand(spec: ModelSpec) -> None:
+    """Red normalises to (2, -2, -2): logits (2, -2, -2, -10 × 11); confidence = max softmax."""
+    (p,) = predict(ColourModel(spec.num_classes), [np.tile(RGB[0], (20, 30, 1))], spec)
+    others = 2 * math.exp(-2) + (spec.num_classes - 3) * math.exp(-10)
+    assert p.confidence == pytest.approx(math.exp(2) / (math.exp(2) + others), rel=1e-5)
+    assert (p.mask == 0).all() and p.class_shares[spec.class_names[0]] == 1.0
+
+
+def test_normalize_keeps_channel_order_and_per_channel_stats() -> None:
+    image = np.array([[[10, 120, 250], [0, 0, 0]]], np.uint8)  # (1, 2, 3)
+    mean, std = (0.1, 0.4, 0.7), (0.2, 0.3, 0.5)
+    x = normalize(image, mean, std)
+    assert x.shape == (3, 1, 2)
+    want = [(10 / 255 - 0.1) / 0.2, (120 / 255 - 0.4) / 0.3, (250 / 255 - 0.7) / 0.5]
+    assert x[:, 0, 0].tolist() == pytest.approx(want, rel=1e-6)
+    assert x[:, 0, 1].tolist() == pytest.approx([-0.5, -0.4 / 0.3, -1.4], rel=1e-6)
+
+
+def test_preprocess_keeps_layout_through_the_resize(spec: ModelSpec) -> None:
+    truth = layout(300, 500)
+    x = preprocess([RGB[truth]], spec)[0]
+    small = layout(*spec.image_size)
+    keep = interior(small, 2)
+    # the channel holding +2 (the pixel's colour at full intensity) is the class
+    assert (x.argmax(0).numpy()[keep] == small[keep]).all()
+    assert torch.allclose(x.amax(0)[torch.from_numpy(keep)], torch.tensor(2.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["unet", "baseline"])
+@pytest.mark.parametrize("size", [(37, 53), (16, 33), (50, 16)])
+def test_pad_and_crop_equals_running_on_the_padded_input(name: str, size: tuple[int, int]) -> None:
+    """Logits for an odd-sized input are the top-left (H, W) of the logits of the input zero-padded
+    at the bottom and right to a multiple of 16."""
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3, num_classes=4, base_channels=4)
+    h, w = size
+    x = torch.randn(2, 3, h, w)
+    ph, pw = -h % 16, -w % 16
+    with torch.no_grad():
+        # Fresh BatchNorm statistics (mean 0, var 1) shrink the signal until the logits hardly
+        # depend on the input; one cumulative pass gives real statistics and input-driven logits.
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        model.train()(x)
+        model.eval()
+        got = model(x)
+        full = model(F.pad(x, (0, pw, 0, ph)))
+    assert got.shape == (2, 4, h, w)
+    torch.testing.assert_close(got, full[..., :h, :w], rtol=1e-4, atol=1e-5)
+    if ph or pw:  # another corner of the padded logits really differs (the test can fail)
+        assert (got - full[..., ph:, pw:]).abs().amax() > 0.1 * got.std()
+
+
+def test_colorize_uses_the_palette_in_class_order(spec: ModelSpec) -> None:
+    ids = np.array([[*range(spec.num_classes), 255]], np.uint8)
+    rgb = colorize(ids, spec.colors)
+    for k in range(spec.num_classes):
+        assert tuple(rgb[0, k]) == tuple(spec.colors[k]), spec.class_names[k]
+    assert tuple(rgb[0, -1]) == (0, 0, 0)
+    assert len(set(map(tuple, spec.colors))) == spec.num_classes  # distinct, so order matters
+
+
+def test_overlay_blends_each_pixel_by_hand() -> None:
+    colors = [(255, 0, 0), (0, 0, 200)]
+    image = np.array([[[100, 50, 200], [10, 20, 30]]], np.uint8)
+    mask = np.array([[0, 1]], np.uint8)
+    out = overlay(image, mask, colors, alpha=0.25)
+    # 0.75 * image + 0.25 * colour, rounded
+    assert out[0, 0].tolist() == [139, 38, 150]
+    assert out[0, 1].tolist() == [8, 15, 72]
+    ignored = overlay(image, np.array([[255, 255]], np.uint8), colors, alpha=0.25)
+    assert ignored[0, 0].tolist() == [75, 38, 150]  # ignore: blended with black
+
+
+def test_resize_mask_is_nearest_neighbour_exactly() -> None:
+    mask = np.array([[0, 7], [13, 255]], np.uint8)
+    up = resize_mask(mask, (4, 6))
+    assert up.tolist() == [[0] * 3 + [7] * 3] * 2 + [[13] * 3 + [255] * 3] * 2
+    stripes = np.tile(np.array([1, 9], np.uint8), (6, 4))  # columns 1, 9, 1, 9, ...
+    down = resize_mask(stripes, (3, 4))
+    assert set(np.unique(down)) <= {1, 9}  # a bilinear resize would invent 5
+
+
+def test_resize_image_keeps_left_right_and_colours() -> None:
+    truth = layout(90, 120)
+    small = resize_image(RGB[truth], (30, 40))
+    want = layout(30, 40)
+    keep = interior(want, 2)
+    assert (small[keep] == RGB[want][keep]).all()
