@@ -76,7 +76,13 @@ def evaluate_model(
             cm.update(torch.tensor(p.mask, dtype=torch.long), torch.tensor(truth, dtype=torch.long))
             if pred_dir is not None:
                 write_mask(Path(pred_dir) / f"{s.stem}.png", p.mask)
-    return _finish(cm, spec.class_names, split, len(samples))
+    scores = _finish(cm, spec.class_names, split, len(samples))
+    if params.data.dataset == "kitti_road":  # the benchmark's measures need road probabilities
+        from roadseg.kitti_evaluation import kitti_model_scores
+
+        scores["kitti"] = kitti_model_scores(model, spec, samples, read_label, device=device,
+                                             batch_size=bs, ignore_index=params.data.ignore_index)  # fmt: skip
+    return scores
 
 
 def read_prediction(
@@ -141,6 +147,10 @@ def flat_scores(scores: dict[str, Any], prefix: str) -> dict[str, float]:
         for k in ("iou", "dice"):
             if c[k] is not None:
                 out[f"{prefix}_{k}/{metric_key(c['name'])}"] = c[k]
+    if scores.get("kitti"):
+        from roadseg.kitti_evaluation import flat_kitti_scores
+
+        out |= flat_kitti_scores(scores["kitti"], prefix)
     return out
 
 
@@ -253,4 +263,8 @@ def score_tables(scores: dict[str, Any]) -> list[Any]:
         name = c["name"] if c["present"] else f"{c['name']} (absent)"
         cols = ("iou", "dice", "precision", "recall", "bdd100k_acc")
         per_class.add_row(name, *(pct(c.get(k)) for k in cols), str(c.get("pixels", "")))
+    if scores.get("kitti"):
+        from roadseg.kitti_evaluation import kitti_table
+
+        return [summary, kitti_table(scores["kitti"]), per_class]
     return [summary, toolkit, per_class]
