@@ -118,7 +118,10 @@ class RoadSegService:
             (pred,) = await self.state.infer([decoded])
             png = await run_in_threadpool(self.state.render, decoded, pred, fmt)
         except (InputError, HTTPException) as e:
-            return error_response(e)
+            error = error_response(e)
+            if ctx is not None:  # BentoML applies the context's status to the response
+                ctx.response.status_code = error.status_code
+            return error
         return Response(png, media_type="image/png")
 
     @bentoml.api(route="/segment/json")

@@ -140,6 +140,12 @@ def parse_predict_json(body: Any, limits: Limits) -> tuple[list[str], list[np.nd
         )
     if not images:
         raise InputError("images is empty", 422, "bad_json")
+    if len(images) > limits.max_zip_entries:  # the per-request image budget
+        raise InputError(
+            f"request holds {len(images)} images, more than the limit of {limits.max_zip_entries}",
+            413,
+            "too_many_images",
+        )
     decoded = [
         decode_image(
             decode_base64(b64, name=f"images[{i}]"), limits, name=f"images[{i}] ({names[i]})"

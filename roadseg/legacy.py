@@ -284,7 +284,7 @@ async def segment_video(state: ServingState, file: UploadFile, tmp: Path) -> Res
             while (frames := await run_in_threadpool(next, batches, None)) is not None:
                 preds = await state.infer(frames)
 
-                def write(frames=frames, preds=preds, start=index) -> None:  # noqa: ANN001
+                def write(frames=frames, preds=preds, start=index) -> None:
                     for i, (frame, pred) in enumerate(zip(frames, preds, strict=True), start):
                         zf.writestr(f"frames/frame_{i:05d}.png", encode_png(frame))
                         zf.writestr(f"pred_mask/frame_{i:05d}.png", encode_png(pred.mask))

@@ -1,0 +1,295 @@
+"""The BentoML service in-process (Starlette TestClient over `RoadSegService.to_asgi()`).
+
+A tiny random U-Net saved as a checkpoint is served; every route's pixels are compared with
+`roadseg.serving.predict` on the same decoded image, so a route that flips, crops, re-orders
+channels or mixes up results between concurrent requests fails here, in seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from roadseg.serving import colorize, overlay, predict
+
+KEY = "in-process-key"
+H = {"X-API-Key": KEY}
+
+
+def image_bytes(h: int, w: int, fmt: str = "PNG", seed: int = 0) -> tuple[bytes, np.ndarray]:
+    """Encoded bytes and the exact RGB pixels a decoder must return (PNG is lossless)."""
+    rng = np.random.default_rng(seed)
+    # Smooth content with a strong left/right and top/bottom asymmetry, so that a mirrored or
+    # transposed answer differs from the right one.
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+    arr = (arr + rng.integers(0, 40, arr.shape)).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    data = buf.getvalue()
+    return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module):
+    from roadseg.config import load_params
+    from roadseg.modelio import save_checkpoint
+    from roadseg.models import build_model
+    from roadseg.serving import ModelSpec
+
+    tmp = tmp_path_factory.mktemp("svc")
+    params = load_params(overrides=["model.base_channels=4"])
+    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=3, num_classes=spec.num_classes, base_channels=4)
+    # Bias the head so that several classes win somewhere (a random head predicts one class).
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    ckpt = tmp / "model.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 3})
+    small = tmp / "params.yaml"
+    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
+    small.write_text(
+        text.replace("max_zip_entries: 256", "max_zip_entries: 6").replace(
+            "max_zip_uncompressed_bytes: 209715200", "max_zip_uncompressed_bytes: 400000"
+        )
+    )
+    for k, v in {
+        "ROADSEG_MODEL_URI": str(ckpt),
+        "ROADSEG_MONITOR_DIR": str(tmp / "monitoring"),
+        "ROADSEG_API_KEY": KEY,
+        "ROADSEG_PARAMS": str(small),
+    }.items():
+        monkeypatch_module.setenv(k, v)
+    from starlette.testclient import TestClient
+
+    from bento.service import RoadSegService
+
+    model.eval()
+    with TestClient(RoadSegService.to_asgi()) as client:
+        yield client, model, spec, tmp
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def expected_mask(served, pixels: np.ndarray) -> np.ndarray:
+    _, model, spec, _ = served
+    return predict(model, [pixels], spec)[0].mask
+
+
+def png_array(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_segment_every_format_equals_predict(served) -> None:
+    client, _, spec, _ = served
+    data, pixels = image_bytes(45, 70)
+    mask = expected_mask(served, pixels)
+    assert len(np.unique(mask)) > 1, "the test model must predict several classes"
+    colors = spec.colors
+    want = {
+        "mask": mask,
+        "color": colorize(mask, colors),
+        "overlay": overlay(pixels, mask, colors, 0.5),
+    }
+    for fmt, expected in want.items():
+        # raw body + query parameter (curl --data-binary), multipart image + form field (client)
+        r1 = client.post(
+            f"/segment?format={fmt}", content=data, headers={**H, "Content-Type": "image/png"}
+        )
+        r2 = client.post(
+            "/segment", files={"image": ("s.png", data)}, data={"format": fmt}, headers=H
+        )
+        for r in (r1, r2):
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"] == "image/png"
+            assert r.headers["x-model-version"] == "ckpt-epoch3"
+            np.testing.assert_array_equal(png_array(r.content), expected)
+
+
+def test_segment_json_content(served) -> None:
+    client, _, spec, _ = served
+    data, pixels = image_bytes(33, 51, seed=3)
+    mask = expected_mask(served, pixels)
+    r = client.post("/segment/json", files={"image": ("a.png", data)}, headers=H)
+    body = r.json()
+    np.testing.assert_array_equal(png_array(base64.b64decode(body["mask"])), mask)
+    assert (body["width"], body["height"]) == (51, 33)
+    shares = {n: float((mask == i).mean()) for i, n in enumerate(spec.class_names)}
+    assert body["class_shares"] == pytest.approx(shares)
+    assert body["model_version"] == "ckpt-epoch3" and 0 < body["confidence"] <= 1
+
+
+def test_zip_layout_pairs_like_the_streamlit_view_page(served) -> None:
+    """Two parts whose names collide (`a.jpg`, a ZIP with `x/a.png` and `a.png`) give unique
+    shared names; every `images/<n>` pairs with `pred_color/<n>` and `pred_mask/<n>`."""
+    client, _, spec, _ = served
+    a, a_px = image_bytes(20, 30, seed=1)
+    b, b_px = image_bytes(25, 35, seed=2)
+    c, c_px = image_bytes(22, 31, seed=4)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("x/a.png", b)
+        zf.writestr("a.png", c)
+    r = client.post(
+        "/predict-image/returns-zip/",
+        files=[("files", ("a.png", a)), ("files", ("batch.zip", buf.getvalue()))],
+        headers=H,
+    )
+    assert r.status_code == 200, r.text
+    z = zipfile.ZipFile(io.BytesIO(r.content))
+    names = z.namelist()
+    assert len(names) == len(set(names)) == 9
+    originals = sorted(n for n in names if n.startswith("images/"))
+    assert originals == ["images/a.png", "images/a_1.png", "images/a_2.png"]
+    for name, pixels in zip(originals, (a_px, b_px, c_px), strict=True):
+        base = name.split("/", 1)[1]
+        np.testing.assert_array_equal(png_array(z.read(name)), pixels)
+        mask = expected_mask(served, pixels)
+        np.testing.assert_array_equal(png_array(z.read(f"pred_mask/{base}")), mask)
+        np.testing.assert_array_equal(
+            png_array(z.read(f"pred_color/{base}")), colorize(mask, spec.colors)
+        )
+
+
+def test_request_budget_spans_parts(served) -> None:
+    """6 images per request: two ZIPs of 4 each pass one by one but not together."""
+    client, *_ = served
+    four = io.BytesIO()
+    with zipfile.ZipFile(four, "w") as zf:
+        for i in range(4):
+            zf.writestr(f"{i}.png", image_bytes(8, 8, seed=i)[0])
+    one = [("files", ("z.zip", four.getvalue()))]
+    assert client.post("/predict-image/returns-zip/", files=one, headers=H).status_code == 200
+    r = client.post("/predict-image/returns-zip/", files=one * 2, headers=H)
+    assert r.status_code == 413 and "more than the limit of 2" in r.json()["detail"]
+    body = {
+        "image_names": ["x"] * 7,
+        "images": [base64.b64encode(image_bytes(8, 8)[0]).decode()] * 7,
+    }
+    r = client.post("/predict/returns-json/", json=body, headers=H)
+    assert r.status_code == 413 and r.json()["error"] == "too_many_images"
+
+
+def test_json_body_and_multipart_file_give_the_same_answer(served) -> None:
+    client, _, spec, _ = served
+    data, pixels = image_bytes(30, 40, seed=5)
+    doc = {"image_names": ["street.png"], "images": [base64.b64encode(data).decode()]}
+    r1 = client.post("/predict/returns-json/", json=doc, headers=H)
+    r2 = client.post(
+        "/predict/returns-json/",
+        files={"file": ("api_images.json", json.dumps(doc).encode(), "application/json")},
+        headers=H,
+    )
+    assert r1.status_code == r2.status_code == 200
+    assert r1.json() == r2.json()
+    out = r1.json()
+    mask = expected_mask(served, pixels)
+    np.testing.assert_array_equal(png_array(base64.b64decode(out["pred_mask"][0])), mask)
+    np.testing.assert_array_equal(
+        png_array(base64.b64decode(out["pred_color"][0])), colorize(mask, spec.colors)
+    )
+    assert out["images"] == doc["images"]
+
+
+def test_upload_answers_the_road_probability(served) -> None:
+    client, model, spec, _ = served
+    data, pixels = image_bytes(37, 90, seed=6)
+    r = client.post("/upload", files={"file": ("k.png", data)}, headers=H)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    got = Image.open(io.BytesIO(r.content))
+    assert got.mode == "L" and got.size == (90, 37)
+    want = predict(model, [pixels], spec)[0].road_probability.astype(int)
+    assert np.abs(np.asarray(got, int) - want).mean() < 3  # JPEG, not exact
+    r = client.post("/upload?format=overlay", files={"file": ("k.png", data)}, headers=H)
+    assert Image.open(io.BytesIO(r.content)).mode == "RGB"
+    assert client.get("/health").json() == {"status": "healthy"}
+
+
+def test_api_key_forms(served) -> None:
+    client, *_ = served
+    data, _ = image_bytes(10, 10)
+    ok = {"Authorization": f"Bearer {KEY}", "Content-Type": "image/png"}
+    assert client.post("/segment", content=data, headers=ok).status_code == 200
+    for headers in (
+        {},
+        {"X-API-Key": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"X-API-Key": KEY, "Authorization": f"Bearer {KEY}"},
+    ):
+        r = client.post("/segment", content=data, headers={**headers, "Content-Type": "image/png"})
+        assert r.status_code == 401, headers
+    # two X-API-Key headers (one right) are refused, not resolved by order
+    r = client.post(
+        "/segment",
+        content=data,
+        headers=[("X-API-Key", "wrong"), ("X-API-Key", KEY), ("Content-Type", "image/png")],
+    )
+    assert r.status_code == 401
+
+
+def test_bad_inputs_are_json_4xx(served) -> None:
+    client, *_ = served
+    for data in (b"", b"not an image", image_bytes(20, 20)[0][:60]):
+        r = client.post("/segment", content=data, headers={**H, "Content-Type": "image/png"})
+        assert 400 <= r.status_code < 500, r.text
+        assert r.json()["detail"]
+    r = client.post("/segment?format=sepia", content=image_bytes(9, 9)[0], headers=H)
+    assert r.status_code in (400, 422)
+    r = client.post("/predict/returns-json/", content=b"[" * 100_000, headers=H)
+    assert r.status_code == 400 and r.json()["error"] == "bad_json"
+
+
+def test_concurrent_requests_get_their_own_answers(served) -> None:
+    """Requests of different sizes, batched together, each get their own mask back; a bad
+    image in the mix fails only its own request."""
+    client, *_ = served
+    cases = [image_bytes(20 + 3 * i, 30 + 5 * i, seed=10 + i) for i in range(10)]
+
+    def call(i: int):
+        if i == 4:
+            return client.post(
+                "/segment", content=b"junk", headers={**H, "Content-Type": "image/png"}
+            )
+        return client.post(
+            "/segment", content=cases[i][0], headers={**H, "Content-Type": "image/png"}
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(10)))
+    for i, r in enumerate(results):
+        if i == 4:
+            assert r.status_code == 415
+            continue
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(png_array(r.content), expected_mask(served, cases[i][1]))
+
+
+def test_openapi_documents_every_request_body(served) -> None:
+    client, *_ = served
+    spec = client.get("/docs.json").json()
+    for path in (
+        "/segment",
+        "/segment/json",
+        "/predict/returns-json/",
+        "/predict-image/returns-zip/",
+        "/predict-video/returns-zip/",
+        "/upload",
+    ):
+        body = spec["paths"][path]["post"].get("requestBody")
+        assert body and body.get("content"), path
