@@ -120,6 +120,11 @@ def test_overlay_renders_every_part(rendered, overlay: str) -> None:
         ("Role", "roadseg-pipeline"),
         ("RoleBinding", "roadseg-pipeline"),
         ("ConfigMap", "roadseg-pipeline-config"),
+        ("Role", "roadseg-deploy"),
+        ("RoleBinding", "roadseg-deploy"),
+        ("ConfigMap", "roadseg-buildkit-job"),
+        ("Secret", "roadseg-registry-credentials"),
+        ("NetworkPolicy", "roadseg-service-deploy-check"),
     }
     assert expected <= kinds, f"missing: {sorted(expected - kinds)}"
     assert all(d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace")
@@ -488,13 +493,15 @@ def test_env_names_match_what_the_service_reads(rendered) -> None:
     bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
     image_env = {e["name"]: e.get("value") for e in bentofile.get("envs", [])}
     assert {n for n in image_env if n.startswith("ROADSEG_")} <= read
-    assert image_env.get("ROADSEG_MODEL_URI", default_uri) == default_uri
+    assert "ROADSEG_MODEL_URI" not in image_env  # the image serves its packaged model
     for overlay in OVERLAYS:
         _, docs = rendered[overlay]
         env = _env(_bento(docs))
         given = {n for n in env if n.startswith("ROADSEG_")}
         assert given <= read, f"manifest sets names the service never reads: {given - read}"
-        assert {"ROADSEG_MODEL_URI", "ROADSEG_API_KEY", "ROADSEG_MONITOR_DIR"} <= given
+        assert {"ROADSEG_API_KEY", "ROADSEG_MONITOR_DIR"} <= given
+        # The pods serve the model packaged in their image; a URI here would override it.
+        assert "ROADSEG_MODEL_URI" not in given
         assert env["ROADSEG_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "roadseg-api-key"
         assert env["ROADSEG_MONITOR_DIR"]["value"] == MONITOR_DIR
         config = _find(docs, "ConfigMap", "roadseg-service-config")["data"]
