@@ -118,7 +118,7 @@ def test_segment_formats_and_json(service) -> None:
         assert r.headers["x-model-version"] == version
         out = Image.open(io.BytesIO(r.content))
         assert out.size == (70, 50) and out.mode == mode
-    r = client.post("/segment/json", files={"file": ("a.png", png(40, 60))})
+    r = client.post("/segment/json", files={"image": ("a.png", png(40, 60))})
     body = r.json()
     mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]))))
     assert mask.shape == (40, 60) and mask.max() < 14
@@ -145,7 +145,7 @@ def test_legacy_zip_upload_and_video(service) -> None:
     client, _, tmp = service
     r = client.post("/predict-image/returns-zip/", files={"files": ("a.png", png())})
     names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
-    assert sorted(names) == ["colors/a.png", "images/a.png", "masks/a.png"]
+    assert sorted(names) == ["images/a.png", "pred_color/a.png", "pred_mask/a.png"]
     archive = zipped({"x/one.png": png(), "two.jpg": png(fmt="JPEG")})
     r = client.post("/predict-image/returns-zip/", files={"files": ("batch.zip", archive)})
     assert len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 6
@@ -164,9 +164,9 @@ def test_legacy_zip_upload_and_video(service) -> None:
     r = client.post("/predict-video/returns-zip/", files={"file": ("clip.mp4", video.read_bytes())})
     assert r.status_code == 200, r.text
     names = set(zipfile.ZipFile(io.BytesIO(r.content)).namelist())
-    for kind in ("frames", "masks", "colors"):
+    for kind in ("frames", "pred_mask", "pred_color"):
         assert {f"{kind}/frame_{i:05d}.png" for i in range(7)} <= names
-    assert {"video/original.mp4", "video/segmented.mp4"} <= names
+    assert {"video/original.mp4", "video/predicted.mp4"} <= names
     lines = [
         json.loads(x)
         for f in (tmp / "monitoring").glob("*.jsonl")
@@ -240,3 +240,184 @@ def test_api_key_and_still_serving(service) -> None:
     assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (44, 33)
     leftovers = [p for p in Path("/tmp").glob("roadseg-video-*")]
     assert not leftovers, leftovers
+
+
+# ---------------------------------------------------------------- the original clients, live
+# Written from reading Mairex1337/U-Net-SSeg (streamlit/utils/api_client.py, streamlit/pages/,
+# scripts/json_img.py) and the KITTI road server (www/main.py): the same requests, the same
+# parsing. Those clients send no API key; here a session hook adds it, as a gateway would.
+
+
+@pytest.fixture
+def keyed_requests(monkeypatch: pytest.MonkeyPatch):
+    import requests
+
+    original = requests.Session.request
+
+    def request(self, method, url, **kwargs):
+        kwargs["headers"] = {**(kwargs.get("headers") or {}), "X-API-Key": KEY}
+        return original(self, method, url, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", request)
+    return requests
+
+
+def streamlit_view_page(result: io.BytesIO) -> list[tuple]:
+    """What the view page shows: (original, segmented, name) image triples, or for a video
+    the two .mp4 members as (bytes, name) pairs with the `predicted` one identified."""
+    with zipfile.ZipFile(result) as z:
+        names = z.namelist()
+        videos = [n for n in names if n.endswith(".mp4")]
+        if videos:
+            return [(z.read(n), n.rsplit("/", 1)[-1]) for n in videos]
+        exts = (".png", ".jpg", ".jpeg")
+        originals = {n: z.read(n) for n in names if n.startswith("images/") and n.endswith(exts)}
+        colored = {n: z.read(n) for n in names if n.startswith("pred_color/") and n.endswith(exts)}
+        shown = []
+        for n, data in originals.items():
+            base = n.rsplit("/", 1)[-1]
+            if f"pred_color/{base}" in colored:
+                shown.append((data, colored[f"pred_color/{base}"], base))
+        return shown
+
+
+def test_streamlit_client_image_zip_and_video(service, keyed_requests) -> None:
+    client, _, tmp = service
+    requests = keyed_requests
+    base = str(client.base_url).rstrip("/")
+
+    def upload_image_or_zip(file_bytes, filename):  # as api_client.py does
+        r = requests.post(
+            f"{base}/predict-image/returns-zip/", files=[("files", (filename, file_bytes))]
+        )
+        r.raise_for_status()
+        return io.BytesIO(r.content)
+
+    def upload_video(file_bytes, filename):
+        r = requests.post(
+            f"{base}/predict-video/returns-zip/",
+            files={"file": (filename, file_bytes, "video/mp4")},
+        )
+        r.raise_for_status()
+        return io.BytesIO(r.content)
+
+    shown = streamlit_view_page(upload_image_or_zip(io.BytesIO(png(30, 40)), "street.jpg"))
+    assert len(shown) == 1
+    original, segmented, name = shown[0]
+    assert (
+        Image.open(io.BytesIO(original)).size == Image.open(io.BytesIO(segmented)).size == (40, 30)
+    )
+    assert (
+        np.asarray(Image.open(io.BytesIO(original))).tolist()
+        == np.asarray(Image.open(io.BytesIO(png(30, 40)))).tolist()
+    )
+    archive = zipped({"a/x.png": png(seed=1), "b/x.png": png(seed=2), "y.jpg": png(fmt="JPEG")})
+    shown = streamlit_view_page(upload_image_or_zip(io.BytesIO(archive), "batch.zip"))
+    assert sorted(s[2] for s in shown) == ["x.png", "x_1.png", "y.png"]
+
+    from roadseg.video import VideoWriter
+
+    clip = tmp / "street.mp4"
+    with VideoWriter(clip, (64, 48), fps=5) as w:
+        for i in range(6):
+            w.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    videos = streamlit_view_page(upload_video(io.BytesIO(clip.read_bytes()), "street.mp4"))
+    assert len(videos) == 2
+    predicted = [v for v in videos if "predicted" in v[1]]
+    original = [v for v in videos if "predicted" not in v[1]]
+    assert len(predicted) == len(original) == 1
+    for data, name in videos:  # H.264 in MP4, what a browser's <video type="video/mp4"> plays
+        out = tmp / f"check-{name}"
+        out.write_bytes(data)
+        from roadseg.inputs import Limits
+        from roadseg.video import read_video
+
+        info, frames = read_video(out, Limits())
+        assert (info.width, info.height) == (64, 48) and sum(len(f) for f in frames) == 6
+        assert b"avc1" in data[:4096] or b"avcC" in data
+
+
+def test_readme_json_curl_and_multipart_json(service, tmp_path) -> None:
+    import shutil
+    import subprocess
+
+    client, _, _ = service
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    src = tmp_path / "images"
+    src.mkdir()
+    (src / "one.png").write_bytes(png(20, 30, seed=7))
+    (src / "two.jpg").write_bytes(png(24, 36, "JPEG", seed=8))
+    # scripts/img_json.py's document: image_names + base64 images, one per file
+    doc = {"image_names": [], "images": []}
+    for f in sorted(src.iterdir()):
+        doc["image_names"].append(f.name)
+        doc["images"].append(base64.b64encode(f.read_bytes()).decode())
+    body = tmp_path / "api_images.json"
+    body.write_text(json.dumps(doc))
+    url = str(client.base_url).rstrip("/") + "/predict/returns-json/"
+    answers = []
+    for form in (
+        ["-H", "Content-Type: application/json", "-d", f"@{body}"],
+        ["-F", f"file=@{body};type=application/json"],
+    ):
+        out = subprocess.run(
+            [curl, "-fsS", "-X", "POST", url, "-H", f"X-API-Key: {KEY}", *form],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        answers.append(json.loads(out))
+    assert answers[0] == answers[1]
+    data = answers[0]
+    # scripts/json_img.py: images, pred_mask, pred_color decode to files, named per image_names
+    assert all(k in data for k in ("images", "pred_mask", "pred_color"))
+    for i, name in enumerate(data.get("image_names", doc["image_names"])):
+        original = Image.open(io.BytesIO(base64.b64decode(data["images"][i])))
+        mask = Image.open(io.BytesIO(base64.b64decode(data["pred_mask"][i])))
+        color = Image.open(io.BytesIO(base64.b64decode(data["pred_color"][i])))
+        assert original.size == mask.size == color.size, name
+        assert mask.mode == "L" and color.mode == "RGB"
+
+
+def test_kitti_server_clients(service, keyed_requests) -> None:
+    client, _, _ = service
+    requests = keyed_requests
+    base = str(client.base_url).rstrip("/")
+    assert requests.get(f"{base}/health").json() == {"status": "healthy"}
+    r = requests.post(f"{base}/upload", files={"file": ("um_000001.png", png(37, 90))})
+    r.raise_for_status()
+    out = Image.open(io.BytesIO(r.content))
+    assert out.format == "JPEG" and out.mode == "L" and out.size == (90, 37)
+
+
+def test_bentoml_python_clients(service, tmp_path) -> None:
+    import asyncio
+
+    import bentoml
+
+    client, version, _ = service
+    url = str(client.base_url).rstrip("/")
+    street = tmp_path / "street.png"
+    street.write_bytes(png(44, 66, seed=9))
+    with bentoml.SyncHTTPClient(url, token=KEY) as c:
+        mask_file = c.segment(image=street)
+        color_file = c.segment(image=street, format="color")
+        result = c.segment_json(image=street)
+    mask = np.asarray(Image.open(mask_file))
+    assert mask.shape == (44, 66) and mask.max() < 14
+    color = np.asarray(Image.open(color_file))
+    assert color.shape == (44, 66, 3)
+    palette = {tuple(c["color"]) for c in client.get("/classes").json()}
+    assert {tuple(p) for p in color.reshape(-1, 3)} <= palette
+    assert result["model_version"] == version
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(result["mask"])))), mask
+    )
+
+    async def run() -> dict:
+        async with bentoml.AsyncHTTPClient(url, token=KEY) as c:
+            return await c.segment_json(image=street)
+
+    assert asyncio.run(run())["mask"] == result["mask"]
