@@ -86,11 +86,24 @@ class RoadSegService:
             ),
             ui_dir=UI_DIR,
         )
-        # model source
-        uri = os.environ.get("ROADSEG_MODEL_URI", DEFAULT_MODEL_URI)
-        engine, metadata = create_engine(
-            uri, max_batch_size=params.serve.batch_size, observer=_observer(), warm_up=True
-        )
+        # model source: ROADSEG_MODEL_URI (any MLflow URI or checkpoint) when set; else, served
+        # from a built Bento, the model `roadseg package` put in it (no MLflow needed); else the
+        # registry's champion (development: `bentoml serve bento.service:RoadSegService`).
+        from roadseg.packaging import bento_of, create_packaged_engine
+
+        uri = os.environ.get("ROADSEG_MODEL_URI")
+        bento_dir = None if uri else bento_of(__file__)
+        if bento_dir is not None:
+            engine, metadata = create_packaged_engine(
+                bento_dir, max_batch_size=params.serve.batch_size, observer=_observer()
+            )
+        else:
+            engine, metadata = create_engine(
+                uri or DEFAULT_MODEL_URI,
+                max_batch_size=params.serve.batch_size,
+                observer=_observer(),
+                warm_up=True,
+            )
         self.state.engine, self.state.metadata = engine, metadata
         bentoml.metrics.Gauge(
             name="roadseg_model_info",

@@ -417,7 +417,7 @@ app.add_typer(pipeline_app, name="pipeline")
 LOCAL_DEFAULTS = ["data.num_workers=0"]
 LossOpt = Annotated[
     list[str] | None,
-    typer.Option("--loss", help="loss variant (repeatable; default: pipeline.loss_variants)"),
+    typer.Option("--loss", help="loss variant (repeatable; default: pipeline.loss_variants, or kitti_loss_variants for kitti_road)"),
 ]
 
 
@@ -500,7 +500,7 @@ def pipeline_run(
         ensure_experiment(
             uri, experiment_name(p.data.dataset, p.train.experiment), Path("mlartifacts").resolve()
         )
-    losses = loss or list(p.pipeline.loss_variants)
+    losses = loss or list(p.pipeline.variants_for(p.data.dataset))
     console.print(
         f"pipeline: {', '.join(losses)} on {data_dir or 'synthetic data'}; task logs in {work_dir / 'pipeline.log'}"
     )
@@ -589,7 +589,7 @@ def pipeline_submit(
     from roadseg.tracking import git_commit
 
     p = get_params(params, set_)
-    arguments = {"loss_variants": loss or list(p.pipeline.loss_variants), "model": p.model.name,
+    arguments = {"loss_variants": loss or list(p.pipeline.variants_for(p.data.dataset)), "model": p.model.name,
                  "synthetic": not data_rev, "data_rev": data_rev or "", "data_repo": data_repo,
                  "overrides": list(set_ or []), "git_commit": git_commit() or ""}  # fmt: skip
     try:
@@ -678,6 +678,66 @@ def serve(
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)
+
+
+@app.command("package")
+def package(
+    model_uri: Annotated[
+        str, typer.Option(help="registered version: models:/name@alias or models:/name/N")
+    ] = "models:/roadseg-unet@champion",
+    export: Annotated[Path | None, typer.Option(help="also write the .bento archive here")] = None,
+    log_archive: Annotated[
+        bool, typer.Option(help="with --export: store the archive in the version's MLflow run")
+    ] = False,
+) -> None:
+    """Package one registered version into a self-contained Bento (roadseg/packaging.py)."""
+    from roadseg.packaging import PackagingError, package_model
+
+    try:
+        r = package_model(model_uri, tracking_uri=_tracking_uri(), export_dir=export,
+                          log_archive=log_archive)  # fmt: skip
+    except PackagingError as e:
+        fail(str(e), 2)
+    _echo(f"{r.mlflow_name} v{r.mlflow_version} -> model {r.model_tag}, Bento {r.bento_tag}")
+    if r.archive:
+        _echo(f"archive: {r.archive}")
+    typer.echo(r.bento_tag)
+    _echo(f"serve it with: bentoml serve {r.bento_tag}")
+
+
+@app.command("build-context")
+def build_context(
+    archive: Annotated[str, typer.Option(help=".bento file or its MLflow artifact URI")],
+    out: Annotated[Path, typer.Option(help="folder for the Docker build context")],
+) -> None:
+    """Write the Docker build context of a Bento (what the in-cluster BuildKit Job builds)."""
+    from roadseg.packaging import PackagingError, write_build_context
+
+    try:
+        dockerfile = write_build_context(archive, out, tracking_uri=_tracking_uri())
+    except PackagingError as e:
+        fail(str(e), 2)
+    _echo(f"build context in {out} (Dockerfile: {dockerfile})")
+
+
+@app.command("lineage")
+def lineage(
+    ref: Annotated[str, typer.Argument(help="models:/name@alias, models:/name/N or a Bento tag")],
+) -> None:
+    """KFP run → MLflow run → registry version → Bento → image → deployment, in one table."""
+    from rich.console import Console as StdoutConsole
+    from rich.table import Table
+
+    from roadseg.lineage import lineage_rows
+
+    try:
+        rows = lineage_rows(ref, tracking_uri=_tracking_uri())
+    except Exception as e:  # unknown version or Bento: MLflow and BentoML raise their own types
+        fail(f"cannot trace {ref}: {e}", 2)
+    table = Table("stage", "value", title=f"lineage of {ref}")
+    for stage, value in rows:
+        table.add_row(stage, value)
+    StdoutConsole().print(table)
 
 
 @app.command("drift")

@@ -35,7 +35,8 @@ BENTO_MODEL_NAME = "roadseg-unet"
 WEIGHTS_FILE = "weights.pt"
 SPEC_FILE = "model_spec.json"
 PROFILE_FILE = "drift/reference_profile.csv"
-BENTO_TAG = "bento_tag"  # MLflow model-version tag
+BENTO_TAG = "bento_tag"  # MLflow model-version tags
+ARCHIVE_TAG = "bento_archive"
 # MLflow version tags copied into the BentoML model's labels (the registry step writes them).
 LINEAGE_TAGS = (
     "loss",
@@ -214,9 +215,14 @@ def package_model(
     *,
     tracking_uri: str,
     export_dir: str | Path | None = None,
+    log_archive: bool = False,
     build_ctx: str | Path = REPO,
 ) -> PackageResult:
-    """Resolve → import → build → tag the MLflow version `bento_tag` → export (optional)."""
+    """Resolve → import → build → tag the MLflow version `bento_tag` → export (optional).
+
+    With `log_archive` (needs `export_dir`) the `.bento` is also stored in the version's MLflow
+    run under `bento/` and tagged `bento_archive`: the in-cluster image build downloads it.
+    """
     import bentoml
     from mlflow import MlflowClient
 
@@ -231,9 +237,33 @@ def package_model(
         out.mkdir(parents=True, exist_ok=True)
         name = bento_tag.replace(":", "-") + ".bento"
         archive = bentoml.bentos.export_bento(bento_tag, str(out / name))
+        if log_archive:
+            client.log_artifact(version.run_id, archive, "bento")
+            stored = f"runs:/{version.run_id}/bento/{name}"
+            client.set_model_version_tag(version.name, version.version, ARCHIVE_TAG, stored)
     log.info("%s v%s packaged as Bento %s", version.name, version.version, bento_tag)
     return PackageResult(bento_tag, model_tag, version.name, version.version, version.run_id,
                          archive)  # fmt: skip
+
+
+def write_build_context(archive: str, out: str | Path, *, tracking_uri: str) -> Path:
+    """The Docker build context BentoML generates for a `.bento` (a path or an MLflow artifact
+    URI), written to `out`; returns its Dockerfile (`env/docker/Dockerfile`)."""
+    import bentoml
+    import mlflow
+    from bentoml._internal.container import construct_containerfile  # what containerize uses
+    from bentoml.exceptions import BentoMLException
+
+    local = archive
+    if not Path(archive).is_file():
+        local = mlflow.artifacts.download_artifacts(artifact_uri=archive, tracking_uri=tracking_uri)
+    try:
+        bento = bentoml.bentos.import_bento(local)
+    except BentoMLException as e:
+        raise PackagingError(f"{archive}: not an importable .bento archive ({e})") from e
+    with construct_containerfile(bento, enable_buildkit=True) as (context, _):
+        shutil.copytree(context, out, dirs_exist_ok=True)
+    return Path(out) / "env/docker/Dockerfile"
 
 
 # --- the serving side --------------------------------------------------------------------------
@@ -298,12 +328,36 @@ def load_packaged_model(
         "source": "bento",
         "name": labels.get("mlflow_model") or BENTO_MODEL_NAME,
         "version": labels.get("mlflow_version") or str(stored.tag.version),
+        "mlflow_version": labels.get("mlflow_version"),
         "run_id": labels.get("mlflow_run_id") or None,
         "model_id": labels.get("mlflow_model_id") or None,
         "bento_model": str(stored.tag),
         "bento_tag": bento_tag_of(bento_dir) if bento_dir is not None else None,
         "lineage": labels,
     }
+    if info["bento_tag"]:
+        # X-Model-Version and the monitoring log then name both the registry version and the Bento.
+        info["version"] = f"{info['version']}+{info['bento_tag']}"
     profile = Path(stored.path_of(PROFILE_FILE))
     info["reference_profile"] = str(profile) if profile.is_file() else None
     return model.eval(), spec, info
+
+
+def create_packaged_engine(
+    bento_dir: str | Path, *, max_batch_size: int = 8, observer: Any = None, warm_up: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """`roadseg.batching.create_engine` for the model packaged in a Bento: (engine, metadata).
+
+    The metadata adds `bento_tag`, `bento_model` and the MLflow `lineage` labels to the usual
+    name/version/run id, so `/metadata` shows where the served model came from.
+    """
+    from roadseg.batching import InferenceEngine, model_metadata
+
+    model, spec, info = load_packaged_model(bento_dir=bento_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    engine = InferenceEngine(model, spec, info, device=device, max_batch_size=max_batch_size,
+                             observer=observer)  # fmt: skip
+    if warm_up:
+        engine.warm_up()
+    extra = {k: info[k] for k in ("bento_tag", "bento_model", "mlflow_version", "lineage")}
+    return engine, model_metadata(spec, info) | extra | {"device": str(engine.device)}
