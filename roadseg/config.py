@@ -184,6 +184,25 @@ class PipelineParams(_Frozen):
     host: str | None = None
 
 
+class PackageParams(_Frozen):
+    export_dir: str = "artifacts/bento"  # where the .bento archive is written
+    log_archive: bool = True  # also store it in the version's MLflow run (the image build reads it)
+
+
+class DeployParams(_Frozen):
+    """The pipeline's deploy step (roadseg/deploy.py); names match k8s/base/deploy and serving."""
+
+    enabled: bool = False  # cluster runs only; a local run always skips the deploy
+    namespace: str = "roadseg"
+    deployment: str = "roadseg-service"
+    container: str = "bento"
+    service_url: str = "http://roadseg-service.roadseg.svc.cluster.local:3000"
+    image_repository: str = "ghcr.io/roadseg/roadseg-service"
+    build_job_template: str = "roadseg-buildkit-job"
+    build_timeout_s: int = Field(3600, ge=1)
+    rollout_timeout_s: int = Field(900, ge=1)
+
+
 class Params(_Frozen):
     data: DataParams
     synth: SynthParams = SynthParams()
@@ -198,6 +217,8 @@ class Params(_Frozen):
     serve: ServeParams = ServeParams()
     drift: DriftParams = DriftParams()
     pipeline: PipelineParams = PipelineParams()
+    package: PackageParams = PackageParams()
+    deploy: DeployParams = DeployParams()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
