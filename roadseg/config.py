@@ -168,6 +168,17 @@ class ServeParams(_Frozen):
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class StreamParams(_Frozen):
+    """Limits of the `/stream` WebSocket (roadseg/stream.py)."""
+
+    max_frame_bytes: int = Field(8 * 2**20, ge=1)  # a bigger frame closes with 1009
+    max_frame_pixels: int = Field(8_300_000, ge=1)  # 4K; a bigger frame gets a text error
+    max_fps: float = Field(30, gt=0)  # frames arriving faster are dropped, newest kept
+    max_seconds: float = Field(3600, gt=0)  # connection duration, then close 1008
+    max_connections: int = Field(16, ge=1)  # per pod (worker); beyond: close 1013
+    auth_timeout_seconds: float = Field(10, gt=0)  # wait for a first {"api_key"} message
+
+
 class DriftParams(_Frozen):
     threshold: float = Field(0.5, gt=0.0, le=1.0)
     stattest_threshold: float = Field(0.05, gt=0.0, lt=1.0)
@@ -215,6 +226,7 @@ class Params(_Frozen):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     serve: ServeParams = ServeParams()
+    stream: StreamParams = StreamParams()
     drift: DriftParams = DriftParams()
     pipeline: PipelineParams = PipelineParams()
     package: PackageParams = PackageParams()

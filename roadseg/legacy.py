@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException
 from roadseg.api import ServingState, encode_image, error_response
 from roadseg.inputs import InputError, Limits, decode_image, parse_predict_json, read_uploads
 from roadseg.serving import Prediction, colorize, encode_png, overlay
+from roadseg.stream import register_stream
 from roadseg.video import VideoWriter, read_video, sniff_video
 
 PREDICT_JSON_BODY = {
@@ -176,6 +177,8 @@ def build_legacy_app(get_state: Callable[[], ServingState], ui_dir: Path | None 
         state = get_state()
         state.require_engine()
         return {**state.metadata, "model_version": state.version}
+
+    register_stream(app, get_state)  # GET /stream WebSocket (roadseg/stream.py)
 
     if ui_dir is not None and (ui_dir / "index.html").is_file():
         from fastapi.staticfiles import StaticFiles

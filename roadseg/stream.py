@@ -1,0 +1,243 @@
+"""`GET /stream`: live segmentation of a camera or video stream over a WebSocket.
+
+Protocol (README, "Live stream"): the client sends each frame as one binary message (JPEG or
+PNG); frames are numbered from 0 in the order they arrive. For each frame it processes, the
+service sends a text message `{"frame", "dropped", "latency_ms", "model_version"}` and then one
+binary message, the PNG (`?format=mask|color|overlay`, as `/segment`). A frame that cannot be
+decoded gets a text `{"frame", "error", "detail"}` and the connection stays usable.
+
+Backpressure: a receiver task reads frames as they come and keeps only the newest waiting one
+(a one-slot mailbox); the frames it overwrites are reported in the next answer's `dropped`. The
+processor infers through `ServingState.infer`, the service's one batching queue, so frames of many
+connections share batches with every other route (and feed the monitoring log).
+
+Close codes: 1008 policy (missing/wrong API key, connection time limit, text where frames are
+expected after the handshake), 1009 frame over `stream.max_frame_bytes`, 1003 unsupported data,
+1013 too many connections on this pod. The API key comes as the subprotocol `roadseg.key.<key>`
+(offer `roadseg` too: it is the one the server selects, so the key is never echoed), as a first
+text message `{"api_key": ...}`, or as the HTTP headers of the other routes; never in the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+from starlette.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from roadseg.api import ServingState, _api_key
+from roadseg.inputs import InputError, Limits, decode_image
+
+SUBPROTOCOL = "roadseg"
+KEY_PREFIX = "roadseg.key."
+FORMATS = ("mask", "color", "overlay")
+POLICY, TOO_BIG, UNSUPPORTED, TRY_LATER = 1008, 1009, 1003, 1013
+
+
+class StreamClosed(Exception):
+    """End the session with a WebSocket close code and a reason (never holding the key)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@dataclass
+class Mailbox:
+    """The newest waiting frame of one connection; overwritten frames become `dropped`."""
+
+    frame: tuple[int, bytes, float] | None = None
+    dropped: list[int] = field(default_factory=list)
+    closed: StreamClosed | None = None
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, index: int, data: bytes) -> None:
+        if self.frame is not None:
+            self.dropped.append(self.frame[0])
+        self.frame = (index, data, time.perf_counter())
+        self.event.set()
+
+    def close(self, why: StreamClosed) -> None:
+        self.closed = why
+        self.event.set()
+
+    async def take(self) -> tuple[tuple[int, bytes, float], list[int]]:
+        """The newest frame and the indices skipped before it; raises once the stream ends."""
+        while self.frame is None:
+            if self.closed is not None:
+                raise self.closed
+            self.event.clear()
+            await self.event.wait()
+        frame, dropped = self.frame, self.dropped
+        self.frame, self.dropped = None, []
+        return frame, dropped
+
+
+def stream_limits() -> Any:
+    """`params.stream` of the served params file (ROADSEG_PARAMS, as the service reads it)."""
+    from roadseg.config import load_params
+
+    return load_params(os.environ.get("ROADSEG_PARAMS") or None).stream
+
+
+def register_stream(app: FastAPI, get_state: Callable[[], ServingState]) -> None:
+    """Add `GET /stream` (WebSocket) to `app`; limits are read at the first connection (per
+    params file), the connection count is per app, i.e. per worker process."""
+    live: dict[str, Any] = {"connections": 0, "limits": {}}
+
+    @app.websocket("/stream")
+    async def stream(websocket: WebSocket) -> None:
+        source = os.environ.get("ROADSEG_PARAMS") or ""
+        if source not in live["limits"]:
+            live["limits"][source] = await run_in_threadpool(stream_limits)
+        limits = live["limits"][source]
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        if live["connections"] >= limits.max_connections:
+            await _close(websocket, TRY_LATER, "too many streams on this pod, try again later")
+            return
+        live["connections"] += 1
+        try:
+            await asyncio.wait_for(_session(websocket, get_state, limits), limits.max_seconds)
+        except TimeoutError:
+            await _close(websocket, POLICY, f"connection time limit of {limits.max_seconds} s")
+        except StreamClosed as e:
+            await _close(websocket, e.code, e.reason)
+        except WebSocketDisconnect:
+            pass  # the client left: nothing to answer, other connections go on
+        finally:
+            live["connections"] -= 1
+
+
+async def _session(
+    websocket: WebSocket, get_state: Callable[[], ServingState], limits: Any
+) -> None:
+    state = get_state()
+    fmt = websocket.query_params.get("format") or "mask"
+    if fmt not in FORMATS:
+        raise StreamClosed(POLICY, f"unknown format {fmt!r} (mask, color or overlay)")
+    await _authenticate(websocket, state, limits)
+    mailbox = Mailbox()
+    receiver = asyncio.create_task(_receive(websocket, mailbox, limits))
+    frame_limits = dataclasses.replace(
+        state.limits, max_image_pixels=min(state.limits.max_image_pixels, limits.max_frame_pixels)
+    )
+    try:
+        await _process(websocket, state, mailbox, fmt, limits.max_fps, frame_limits)
+    finally:
+        receiver.cancel()
+
+
+async def _authenticate(websocket: WebSocket, state: ServingState, limits: Any) -> None:
+    """Check the API key when one is configured (compared in constant time, never logged)."""
+    if not state.api_key:
+        return
+    offered = websocket.scope.get("subprotocols") or []
+    given = next((p[len(KEY_PREFIX) :] for p in offered if p.startswith(KEY_PREFIX)), None)
+    if given is None:
+        header_key, _ = _api_key(websocket.scope.get("headers", []))
+        given = header_key
+    if given is None:  # browsers cannot set headers: the first message may carry the key
+        try:
+            message = await asyncio.wait_for(websocket.receive(), limits.auth_timeout_seconds)
+        except TimeoutError:
+            raise StreamClosed(POLICY, "no API key received") from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        given = _key_message(message.get("text"))
+    if not hmac.compare_digest(given.encode(), state.api_key.encode()):
+        raise StreamClosed(POLICY, "wrong API key")
+
+
+def _key_message(text: str | None) -> str:
+    if text is None:
+        raise StreamClosed(POLICY, "missing API key (subprotocol or first text message)")
+    try:
+        key = json.loads(text).get("api_key")
+    except (json.JSONDecodeError, AttributeError):
+        key = None
+    if not isinstance(key, str):
+        raise StreamClosed(POLICY, 'first message must be {"api_key": "..."}')
+    return key
+
+
+async def _receive(websocket: WebSocket, mailbox: Mailbox, limits: Any) -> None:
+    """Read frames into the mailbox until the client leaves or breaks the protocol."""
+    index = 0
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            data = message.get("bytes")
+            if data is None:
+                raise StreamClosed(UNSUPPORTED, "send frames as binary messages (JPEG or PNG)")
+            if len(data) > limits.max_frame_bytes:
+                raise StreamClosed(
+                    TOO_BIG, f"frame {index} of {len(data)} bytes exceeds {limits.max_frame_bytes}"
+                )
+            mailbox.put(index, data)
+            index += 1
+    except (StreamClosed, WebSocketDisconnect) as e:
+        mailbox.close(e if isinstance(e, StreamClosed) else StreamClosed(0, "disconnected"))
+    except RuntimeError:  # receive after the socket closed
+        mailbox.close(StreamClosed(0, "disconnected"))
+
+
+async def _process(
+    websocket: WebSocket,
+    state: ServingState,
+    mailbox: Mailbox,
+    fmt: str,
+    max_fps: float,
+    frame_limits: Limits,
+) -> None:
+    """Answer the newest frame, one at a time, at most `max_fps` frames per second."""
+    gap, last = 1.0 / max_fps, None
+    while True:
+        if last is not None and (wait := last + gap - time.perf_counter()) > 0:
+            await asyncio.sleep(wait)  # frames arriving meanwhile replace each other
+        try:
+            (index, data, received), dropped = await mailbox.take()
+        except StreamClosed as e:
+            if e.code == 0:  # the client went away: nothing left to send
+                raise WebSocketDisconnect(1000) from None
+            raise
+        last = time.perf_counter()
+        try:
+            image = await run_in_threadpool(decode_image, data, frame_limits, name=f"frame {index}")
+        except InputError as e:
+            await websocket.send_text(
+                json.dumps(
+                    {"frame": index, "dropped": dropped, "error": e.problem, "detail": str(e)}
+                )
+            )
+            continue
+        (pred,) = await state.infer([image])
+        png = await run_in_threadpool(state.render, image, pred, fmt)
+        head = {
+            "frame": index,
+            "dropped": dropped,
+            "latency_ms": round((time.perf_counter() - received) * 1000, 2),
+            "model_version": state.version,
+            "width": image.shape[1],
+            "height": image.shape[0],
+        }
+        await websocket.send_text(json.dumps(head))
+        await websocket.send_bytes(png)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    if websocket.application_state == WebSocketState.CONNECTED and code:
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client left first
+            await websocket.close(code, reason[:120])  # close reasons hold at most 123 bytes

@@ -1,0 +1,212 @@
+"""`GET /stream` in-process (Starlette TestClient over `RoadSegService.to_asgi()`).
+
+A tiny random U-Net is served (as in test_service_app.py); each answered frame's mask must equal
+`roadseg.serving.predict` on the same pixels, so a stream that answers the wrong frame, in the
+wrong order or at the wrong size fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from starlette.websockets import WebSocketDisconnect
+
+from roadseg.serving import colorize, overlay, predict
+from tests.unit.test_service_app import image_bytes, png_array
+
+KEY = "stream-key"
+GOOD = ["roadseg", f"roadseg.key.{KEY}"]
+MAX_FRAME_BYTES = 60_000
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    from roadseg.config import load_params
+    from roadseg.modelio import save_checkpoint
+    from roadseg.models import build_model
+    from roadseg.serving import ModelSpec
+
+    tmp = tmp_path_factory.mktemp("stream")
+    params = load_params(overrides=["model.base_channels=4"])
+    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=3, num_classes=spec.num_classes, base_channels=4)
+    with torch.no_grad():  # a scaled random head predicts several classes
+        for p in model.parameters():
+            p.mul_(3.0)
+    ckpt = tmp / "model.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 3})
+    small = tmp / "params.yaml"
+    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
+    for old, new in {
+        "max_frame_bytes: 8388608": f"max_frame_bytes: {MAX_FRAME_BYTES}",
+        "max_frame_pixels: 8300000": "max_frame_pixels: 10000",
+        "max_fps: 30": "max_fps: 5",
+        "max_connections: 16": "max_connections: 3",
+    }.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    small.write_text(text)
+    mp = pytest.MonkeyPatch()
+    for k, v in {
+        "ROADSEG_MODEL_URI": str(ckpt),
+        "ROADSEG_MONITOR_DIR": str(tmp / "monitoring"),
+        "ROADSEG_API_KEY": KEY,
+        "ROADSEG_PARAMS": str(small),
+    }.items():
+        mp.setenv(k, v)
+    from starlette.testclient import TestClient
+
+    from bento.service import RoadSegService
+
+    model.eval()
+    try:
+        with TestClient(RoadSegService.to_asgi()) as client:
+            yield client, model, spec, tmp
+    finally:
+        mp.undo()
+
+
+def answer(ws) -> tuple[dict, np.ndarray]:
+    head = json.loads(ws.receive_text())
+    return head, png_array(ws.receive_bytes())
+
+
+def test_each_frame_answered_in_order_with_predict_pixels(served) -> None:
+    client, model, spec, _ = served
+    frames = [image_bytes(40 + 4 * i, 64 - 2 * i, seed=i) for i in range(4)]
+    with client.websocket_connect("/stream?format=mask", subprotocols=GOOD) as ws:
+        assert ws.accepted_subprotocol == "roadseg"  # the key is never echoed
+        for i, (data, pixels) in enumerate(frames):
+            ws.send_bytes(data)
+            head, mask = answer(ws)
+            assert head["frame"] == i and head["dropped"] == []
+            assert mask.shape == pixels.shape[:2]
+            assert (head["width"], head["height"]) == (pixels.shape[1], pixels.shape[0])
+            assert head["latency_ms"] > 0 and head["model_version"]
+            np.testing.assert_array_equal(mask, predict(model, [pixels], spec)[0].mask)
+    # overlay and color answers are the same renders as /segment's
+    data, pixels = frames[0]
+    want_mask = predict(model, [pixels], spec)[0].mask
+    for fmt, want in {
+        "color": colorize(want_mask, spec.colors),
+        "overlay": overlay(pixels, want_mask, spec.colors, 0.5),
+    }.items():
+        with client.websocket_connect(f"/stream?format={fmt}", subprotocols=GOOD) as ws:
+            ws.send_bytes(data)
+            head, got = answer(ws)
+            assert head["frame"] == 0
+            np.testing.assert_array_equal(got, want)
+
+
+def test_flood_reports_dropped_and_answers_newest(served) -> None:
+    client, model, spec, _ = served
+    frames = [image_bytes(32, 48, seed=10 + i) for i in range(30)]
+    with client.websocket_connect("/stream", subprotocols=GOOD) as ws:
+        for data, _ in frames:  # far faster than max_fps=5: most frames must be skipped
+            ws.send_bytes(data)
+        seen: list[int] = []
+        dropped: list[int] = []
+        while not seen or seen[-1] != len(frames) - 1:
+            head, mask = answer(ws)
+            seen.append(head["frame"])
+            dropped += head["dropped"]
+            want = predict(model, [frames[head["frame"]][1]], spec)[0].mask
+            np.testing.assert_array_equal(mask, want)
+    assert seen == sorted(seen)
+    assert dropped, "a flood must be reported as dropped frames"
+    # every frame is answered or reported dropped, exactly once
+    assert sorted(seen + dropped) == list(range(len(frames)))
+
+
+def test_bad_frame_gets_error_and_stream_goes_on(served) -> None:
+    client, model, spec, _ = served
+    data, pixels = image_bytes(30, 40)
+    big, _ = image_bytes(120, 120)  # 14,400 pixels > max_frame_pixels 10,000
+    with client.websocket_connect("/stream", subprotocols=GOOD) as ws:
+        ws.send_bytes(b"definitely not an image")
+        err = json.loads(ws.receive_text())
+        assert (err["frame"], err["error"]) == (0, "not_an_image")
+        ws.send_bytes(big)
+        err = json.loads(ws.receive_text())
+        assert (err["frame"], err["error"]) == (1, "too_many_pixels")
+        ws.send_bytes(data)
+        head, mask = answer(ws)
+        assert head["frame"] == 2
+        np.testing.assert_array_equal(mask, predict(model, [pixels], spec)[0].mask)
+
+
+def close_code(ws) -> int:
+    with pytest.raises(WebSocketDisconnect) as e:
+        ws.receive_text()
+    return e.value.code
+
+
+def test_oversize_and_protocol_violations_close(served) -> None:
+    client, _, _, _ = served
+    with client.websocket_connect("/stream", subprotocols=GOOD) as ws:
+        ws.send_bytes(b"\x89PNG" + bytes(MAX_FRAME_BYTES))
+        assert close_code(ws) == 1009
+    with client.websocket_connect("/stream", subprotocols=GOOD) as ws:
+        ws.send_text("hello")
+        assert close_code(ws) == 1003
+    with client.websocket_connect("/stream?format=sepia", subprotocols=GOOD) as ws:
+        assert close_code(ws) == 1008
+
+
+def test_api_key_forms(served) -> None:
+    client, model, spec, _ = served
+    data, pixels = image_bytes(30, 40, seed=3)
+    want = predict(model, [pixels], spec)[0].mask
+    with client.websocket_connect("/stream") as ws:  # no key at all, frame first
+        ws.send_bytes(data)
+        assert close_code(ws) == 1008
+    with client.websocket_connect("/stream", subprotocols=["roadseg", "roadseg.key.nope"]) as ws:
+        assert close_code(ws) == 1008
+    with client.websocket_connect("/stream") as ws:
+        ws.send_text(json.dumps({"api_key": "nope"}))
+        assert close_code(ws) == 1008
+    # first-message and header forms work
+    for kwargs, first in (
+        ({}, json.dumps({"api_key": KEY})),
+        ({"headers": {"X-API-Key": KEY}}, None),
+    ):
+        with client.websocket_connect("/stream", **kwargs) as ws:
+            if first:
+                ws.send_text(first)
+            ws.send_bytes(data)
+            head, mask = answer(ws)
+            assert head["frame"] == 0
+            np.testing.assert_array_equal(mask, want)
+
+
+def test_abrupt_disconnect_and_connection_limit_leave_service_serving(served) -> None:
+    client, model, spec, _ = served
+    data, pixels = image_bytes(30, 40, seed=5)
+    want = predict(model, [pixels], spec)[0].mask
+    with client.websocket_connect("/stream", subprotocols=GOOD) as ws:
+        for _ in range(3):
+            ws.send_bytes(data)  # leave mid-stream without reading or closing
+    with (
+        client.websocket_connect("/stream", subprotocols=GOOD) as a,
+        client.websocket_connect("/stream", subprotocols=GOOD) as b,
+        client.websocket_connect("/stream", subprotocols=GOOD) as c,
+    ):
+        with client.websocket_connect("/stream", subprotocols=GOOD) as extra:
+            assert close_code(extra) == 1013  # max_connections: 3
+        for ws in (a, b, c):
+            ws.send_bytes(data)
+        for ws in (a, b, c):
+            head, mask = answer(ws)
+            assert head["frame"] == 0
+            np.testing.assert_array_equal(mask, want)
+        r = client.post("/segment", files={"image": ("s.png", data)}, headers={"X-API-Key": KEY})
+        assert r.status_code == 200
+        np.testing.assert_array_equal(png_array(r.content), want)
+    # streamed frames feed the monitoring log like any other request
+    logs = list((served[3] / "monitoring").glob("*"))
+    assert logs and sum(len(p.read_text().splitlines()) for p in logs if p.is_file()) > 5
