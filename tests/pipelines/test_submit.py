@@ -1,13 +1,16 @@
-"""Submitting to Kubeflow Pipelines (a recording fake `kfp.Client`), the CLI's error paths, and the
-comparison rows of a registration result."""
+"""Submitting to Kubeflow Pipelines (a strict fake `kfp.Client`: `create_autospec` binds every call
+to the real signatures), the CLI's success and error paths, and the comparison rows of a
+registration result."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from unittest.mock import create_autospec
 
+import kfp
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from roadseg.cli import app
@@ -17,50 +20,75 @@ REPO = Path(__file__).resolve().parents[2]
 IR = REPO / "pipelines/training_pipeline.yaml"
 
 
-class RecordingClient:
-    """Records the calls `submit_pipeline` makes, answering like kfp.Client does."""
+def strict_client() -> kfp.Client:
+    """A kfp.Client double: a call with a wrong name or argument raises TypeError/AttributeError
+    as the real client would, and answers carry the ids the real responses do."""
+    client = create_autospec(kfp.Client, instance=True)
+    client.create_experiment.return_value = SimpleNamespace(experiment_id="exp-1")
+    client.create_recurring_run.return_value = SimpleNamespace(recurring_run_id="rr-1")
+    client.create_run_from_pipeline_package.return_value = SimpleNamespace(run_id="run-1")
+    return client
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def create_experiment(self, name: str) -> Any:
-        self.calls.append(("create_experiment", {"name": name}))
-        return SimpleNamespace(experiment_id="exp-1")
-
-    def create_recurring_run(self, **kwargs: Any) -> Any:
-        self.calls.append(("create_recurring_run", kwargs))
-        return SimpleNamespace(recurring_run_id="rr-1")
-
-    def create_run_from_pipeline_package(self, pipeline_file: str, **kwargs: Any) -> Any:
-        self.calls.append(("create_run", {"pipeline_file": pipeline_file, **kwargs}))
-        return SimpleNamespace(run_id="run-1")
+def test_strict_client_rejects_calls_the_real_client_would() -> None:
+    client = strict_client()
+    with pytest.raises(TypeError):
+        client.create_run_from_pipeline_package("p.yaml", argumentz={})
+    with pytest.raises(AttributeError):
+        client.submit_run("p.yaml")
 
 
 def test_submit_recurring_run_with_schedule() -> None:
-    client = RecordingClient()
+    client = strict_client()
     args = {"loss_variants": ["wce", "dice"], "synthetic": True}
     done = submit_pipeline(client, IR, experiment="nightly", arguments=args, run_name="r",
                            schedule="0 3 * * *")  # fmt: skip
     assert done == {"kind": "recurring run", "id": "rr-1"}
-    assert client.calls[0] == ("create_experiment", {"name": "nightly"})
-    name, kwargs = client.calls[1]
-    assert name == "create_recurring_run"
+    client.create_experiment.assert_called_once_with("nightly")
+    kwargs = client.create_recurring_run.call_args.kwargs
     assert kwargs["experiment_id"] == "exp-1" and kwargs["cron_expression"] == "0 0 3 * * *"
     assert kwargs["pipeline_package_path"] == str(IR) and kwargs["params"] == args
-    assert kwargs["service_account"] == "roadseg-pipeline"
+    assert kwargs["service_account"] == "roadseg-pipeline" and kwargs["job_name"] == "r"
+    client.create_run_from_pipeline_package.assert_not_called()
 
 
 def test_submit_single_run_without_schedule() -> None:
-    client = RecordingClient()
+    client = strict_client()
     done = submit_pipeline(client, IR, experiment="e", arguments={}, run_name="r")
     assert done == {"kind": "run", "id": "run-1"}
-    assert [c[0] for c in client.calls] == ["create_run"]
-    assert client.calls[0][1]["experiment_name"] == "e"
+    client.create_experiment.assert_not_called()
+    client.create_recurring_run.assert_not_called()
+    call = client.create_run_from_pipeline_package.call_args
+    assert call.args == (str(IR),) and call.kwargs["experiment_name"] == "e"
+
+
+def test_cli_submit_success_passes_data_revision_and_repo_as_run_arguments(monkeypatch) -> None:
+    client = strict_client()
+    client_cls = create_autospec(kfp.Client, return_value=client)
+    monkeypatch.setattr(kfp, "Client", client_cls)
+    monkeypatch.chdir(REPO)  # the default --package path is relative to the repo
+    res = CliRunner().invoke(app, ["pipeline", "submit", "--host", "http://kfp.example:8888",
+                                   "--data-rev", "v1.2", "--data-repo", "https://git.example/d.git",
+                                   "--loss", "wce", "--loss", "dice", "--experiment", "exp",
+                                   "--set", "train.epochs=2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    client_cls.assert_called_once_with(host="http://kfp.example:8888")
+    call = client.create_run_from_pipeline_package.call_args
+    args = call.kwargs["arguments"]
+    assert args["data_rev"] == "v1.2" and args["data_repo"] == "https://git.example/d.git"
+    assert args["synthetic"] is False and args["loss_variants"] == ["wce", "dice"]
+    assert args["overrides"] == ["train.epochs=2"]
+    assert call.kwargs["experiment_name"] == "exp" and call.kwargs["run_name"] == "roadseg-training"
+    assert "submitted run run-1 to http://kfp.example:8888" in " ".join(res.output.split())
+    # every argument is a parameter the compiled pipeline declares
+    spec = next(yaml.safe_load_all(IR.read_text()))  # the pipeline spec; then platform config
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(args) <= set(declared), set(args) - set(declared)
 
 
 def test_submit_rejects_missing_package_and_bad_cron(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="roadseg pipeline compile"):
-        submit_pipeline(RecordingClient(), tmp_path / "nope.yaml", experiment="e", arguments={},
+        submit_pipeline(strict_client(), tmp_path / "nope.yaml", experiment="e", arguments={},
                         run_name="r")  # fmt: skip
     with pytest.raises(ValueError, match="5 or 6 fields"):
         cron_6_fields("every night")
