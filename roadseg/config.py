@@ -149,10 +149,16 @@ class EvaluateParams(_Frozen):
 
 
 class RegisterParams(_Frozen):
-    model_name: str = "roadseg-unet"
+    model_name: str = "roadseg-unet"  # BDD100k
+    # KITTI Road models go under their own name: a KITTI champion never displaces a BDD100k one.
+    kitti_model_name: str = "roadseg-kitti-road"
     min_miou: float = Field(0.05, ge=0.0, le=1.0)
     class_iou_floor: float = Field(0.0, ge=0.0, le=1.0)
     margin: float = Field(0.005, ge=0.0)
+
+    def model_name_for(self, dataset: str) -> str:
+        """The registered model name of `data.dataset`."""
+        return self.kitti_model_name if dataset == "kitti_road" else self.model_name
 
 
 class ServeParams(_Frozen):
@@ -192,7 +198,13 @@ class PipelineParams(_Frozen):
         "dice",
         "dice_ce",
     )
+    # KITTI Road is binary: the IoU loss (the original project's) by default.
+    kitti_loss_variants: tuple[Literal["wce", "ohem", "dice", "dice_ce", "iou"], ...] = ("iou",)
     host: str | None = None
+
+    def variants_for(self, dataset: str) -> tuple[str, ...]:
+        """The loss variants a pipeline run of `data.dataset` trains by default."""
+        return self.kitti_loss_variants if dataset == "kitti_road" else self.loss_variants
 
 
 class PackageParams(_Frozen):

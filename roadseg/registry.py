@@ -142,6 +142,7 @@ def register_best(
     tracking_uri: str,
     tags: Mapping[str, str] | None = None,
     profile_builder: Callable[[Candidate], pd.DataFrame] | None = None,
+    dataset: str = "bdd100k",
 ) -> RegistrationResult:
     """Register the best candidate, set `challenger`, and move `champion` when it earns it.
 
@@ -152,10 +153,11 @@ def register_best(
         tags: extra version tags, e.g. dataset_version, git_commit, pipeline_run_id, params_hash.
         profile_builder: builds the drift reference profile for the chosen candidate; stored as
             `drift/reference_profile.csv` in its run and referenced by tag `drift_reference_profile`.
+        dataset: `data.dataset`; picks the registered model name (`model_name_for`).
     """
     cands = [c if isinstance(c, Candidate) else Candidate.from_dict(c) for c in candidates]
     best = select_best(cands)
-    name = register_params.model_name
+    name = register_params.model_name_for(dataset)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     _ensure_registered_model(client, name)
     champion = _current_champion(client, name)

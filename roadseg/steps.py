@@ -68,7 +68,14 @@ def fetch_dataset(
     from roadseg.tracking import dataset_version
 
     out = Path(out)
-    if synthetic:
+    if synthetic and params.data.dataset == "kitti_road":
+        from roadseg.data.kitti import synthesize_kitti
+
+        s = params.synth
+        synthesize_kitti(out, train=s.train, val=s.val, test=s.test, height=s.height,
+                         width=s.width, seed=s.seed)  # fmt: skip
+        source = f"synthetic KITTI Road(seed={s.seed}, {s.train}/{s.val}/{s.test}, {s.height}x{s.width})"
+    elif synthetic:
         from roadseg.data.synth import synthesize_dataset
 
         s = params.synth
@@ -118,10 +125,7 @@ def validate_step(data_dir: str | Path, params: Params, report_dir: str | Path) 
 
 
 def remap_step(src: str | Path, out: str | Path, params: Params) -> dict[str, Any]:
-    """19 -> 14 class remap with class statistics (KITTI Road is binary already: passed through)."""
-    if params.data.dataset == "kitti_road":
-        _link_tree(Path(src), Path(out))
-        return {"out": str(out), "class_stats": None}
+    """19 -> 14 class remap with class statistics (KITTI Road: binary id masks, same layout)."""
     from roadseg.data.remap import remap_dataset
 
     return remap_dataset(src, out, params.data, link_images=params.remap.link_images,
@@ -231,6 +235,7 @@ def register_step(
         profile_builder=lambda best: build_profile(
             best.model_uri, data_dir, params, tracking_uri=tracking_uri
         ),
+        dataset=params.data.dataset,
     )
     out = result.to_dict()
     out["parent_run_id"] = log_parent_run(
