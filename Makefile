@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
+ASSETS := roadseg/_report_assets/.stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install demo demo-data test lint format bench clean
@@ -14,7 +15,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(ASSETS)
+
+# CDN assets of the HTML reports (Data Docs), inlined so they open offline (roadseg/reports.py).
+# npm pack needs the npm registry; without it the reports still load them from the network.
+$(ASSETS): roadseg/reports.py
+	@$(PY) -m roadseg.reports && touch $@ || echo "warning: report assets not fetched (npm): HTML reports will need the network"
+report-assets: $(ASSETS)
 
 # The main job: the whole Kubeflow pipeline on this machine (kfp.local), synthetic data, four loss
 # variants, MLflow in ./mlruns.db. `make demo-data` runs only the data steps (synth, validate, remap).

@@ -540,11 +540,12 @@ def runs_compare(
 
     if pipeline_run and parent:
         fail("give at most one of --pipeline-run and --parent", 2)
-    p = get_params(params, set_)
+    if experiment is None:  # params only name the experiment
+        p = get_params(params, set_)
+        experiment = experiment_name(p.data.dataset, p.train.experiment)
     uri = _tracking_uri()
-    exp = experiment or experiment_name(p.data.dataset, p.train.experiment)
     try:
-        run = runs.find_parent(uri, exp, parent_run_id=parent, pipeline_run_id=pipeline_run)
+        run = runs.find_parent(uri, experiment, parent_run_id=parent, pipeline_run_id=pipeline_run)
         result = runs.load_registration(uri, run.info.run_id)
     except (ValueError, OSError) as e:
         fail(str(e))

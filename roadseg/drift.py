@@ -317,6 +317,9 @@ def run_drift_report(
         out.mkdir(parents=True, exist_ok=True)
         html, js = out / "drift_report.html", out / "drift_report.json"
         snapshot.save_html(str(html))
+        from roadseg.reports import make_offline_tree
+
+        make_offline_tree(html)  # opens with no network (air-gapped clusters)
         snapshot.save_json(str(js))
         result = DriftResult(**{**result.__dict__, "html_path": html, "json_path": js})
         (out / "drift_summary.json").write_text(json.dumps(result.to_dict(), indent=2))

@@ -233,6 +233,9 @@ def _run_suite(
                     else _detail(rule, row, max_ignore_fraction)
                 )
                 failures.append(Failure(row["split"], file, rule, detail))
+    from roadseg.reports import make_offline_tree
+
+    make_offline_tree(docs_dir)  # Data Docs load their CDN assets: inline them (no network)
     return failures, docs_dir / "index.html"
 
 

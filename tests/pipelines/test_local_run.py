@@ -59,6 +59,7 @@ def test_one_mlflow_run_per_variant_with_metrics(store: tuple[Path, str], first:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("bdd100k")
     runs = client.search_runs([exp.experiment_id])
+    runs = [r for r in runs if r.data.tags.get("roadseg.role") != "pipeline"]  # the parents
     assert sorted(r.data.tags["roadseg.loss"] for r in runs) == ["dice", "wce"]
     for r in runs:
         assert "best_val_miou" in r.data.metrics and "eval_val_miou" in r.data.metrics
@@ -125,3 +126,87 @@ def test_invalid_dataset_stops_before_training(tmp_path: Path) -> None:
     exp = client.get_experiment_by_name("bdd100k")
     assert client.search_runs([exp.experiment_id]) == []
     assert client.search_registered_models() == []
+
+
+# --- the data scientist's view (issue 14): checked through the MLflow API on run 1's store ---
+
+
+def test_experiment_is_a_training_experiment(store: tuple[Path, str], first: dict) -> None:
+    exp = MlflowClient(store[1]).get_experiment_by_name("bdd100k")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_every_variant_run_has_its_dataset_inputs(store: tuple[Path, str], first: dict) -> None:
+    client = MlflowClient(store[1])
+    for cand in first["candidates"]:
+        run = client.get_run(cand["run_id"])
+        inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+        assert sorted(inputs) == ["bdd100k-train", "bdd100k-val"], cand["loss"]
+        for split, entry in inputs.items():
+            assert entry.dataset.digest == run.data.params["dataset_version"]
+            assert entry.dataset.source_type == "local"
+            assert run.data.params["data_dir"] in entry.dataset.source
+            assert {t.key: t.value for t in entry.tags} == {
+                "mlflow.data.context": split.removeprefix("bdd100k-")
+            }
+
+
+def test_metrics_grouped_per_class_and_curves_per_epoch(
+    store: tuple[Path, str], first: dict
+) -> None:
+    client = MlflowClient(store[1])
+    run = client.get_run(first["candidates"][0]["run_id"])
+    names = set(run.data.metrics)
+    assert {"val_miou", "val_pixel_accuracy", "best_val_miou", "eval_val_miou"} <= names
+    assert {"val_iou/road", "val_dice/road", "eval_val_iou/road"} <= names
+    # no per-class metric left at the top level (the old val_iou_road form)
+    assert not [n for n in names if "/" not in n and n.startswith(("val_iou", "val_dice"))]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_iou/road")] == [1]
+
+
+def test_parent_run_groups_the_variants(
+    store: tuple[Path, str], first: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from roadseg import runs
+
+    _, uri = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # load_table searches the default store
+    client = MlflowClient(uri)
+    parent = client.get_run(first["parent_run_id"])
+    tags = parent.data.tags
+    assert tags["roadseg.role"] == "pipeline" and tags["roadseg.pipeline_run_id"]
+    assert tags["params_hash"] == first_params_hash(first, client)
+    assert tags["dataset_version"] == client.get_model_version(NAME, "1").tags["dataset_version"]
+    assert tags["roadseg.decision"] == "promoted"
+    kids = {r.info.run_id for r in runs.children(uri, parent)}
+    assert kids == {c["run_id"] for c in first["candidates"]}
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {runs.COMPARISON_FILE, runs.CHART_FILE, runs.DECISION_FILE} <= arts
+    table = client.load_table(parent.info.experiment_id, runs.COMPARISON_FILE,
+                              run_ids=[parent.info.run_id])  # fmt: skip
+    by_loss = dict(zip(table["loss"], table["Mean IoU"], strict=True))
+    assert by_loss == {c["loss"]: pytest.approx(c["miou"]) for c in first["candidates"]}
+
+
+def test_runs_compare_finds_each_pipeline_run(
+    store: tuple[Path, str], first: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from roadseg.cli import app
+
+    _, uri = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    pipeline_id = MlflowClient(uri).get_run(first["parent_run_id"]).data.tags["pipeline_run_id"]
+    compare = ["runs", "compare", "--experiment", "bdd100k"]
+    out = CliRunner().invoke(app, [*compare, "--pipeline-run", pipeline_id])
+    assert out.exit_code == 0, out.output
+    for cand in first["candidates"]:
+        assert cand["run_id"] in out.stdout and f"{cand['miou']:.4f}" in out.stdout
+    latest = CliRunner().invoke(app, compare)
+    parents = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("bdd100k").experiment_id],
+        "tags.`roadseg.role` = 'pipeline'",
+    )
+    newest = max(parents, key=lambda r: r.info.start_time)
+    assert latest.exit_code == 0 and newest.info.run_id in latest.stdout
