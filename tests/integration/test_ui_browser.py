@@ -279,7 +279,7 @@ def _service_json(service: LiveService, path: Path) -> tuple[int, dict]:
     with path.open("rb") as f:
         r = httpx.post(
             f"{service.url}/segment/json",
-            files={"file": (path.name, f)},
+            files={"image": (path.name, f)},
             headers=headers,
             timeout=60,
         )
