@@ -681,6 +681,38 @@ def serve(
     raise typer.Exit(code)
 
 
+@app.command("stream")
+def stream(
+    video: Annotated[Path, typer.Option(help="video file to stream (MP4/AVI/MOV)")],
+    url: Annotated[str, typer.Option(help="the WebSocket")] = "ws://127.0.0.1:3000/stream",
+    out: Annotated[Path | None, typer.Option(help="write the answers as an MP4 here")] = None,
+    format: Annotated[str, typer.Option(help="mask, color or overlay")] = "overlay",
+    realtime: Annotated[
+        bool, typer.Option("--realtime/--fast", help="video frame rate, or next frame on answer")
+    ] = True,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="ROADSEG_API_KEY", help="the service's API key")
+    ] = None,
+    codec: Annotated[str, typer.Option(help="frame encoding sent: jpeg or png")] = "jpeg",
+) -> None:
+    """Stream a video to `GET /stream` live; print frames/s, p50/p95 latency and drops."""
+    from roadseg.inputs import InputError
+    from roadseg.stream_client import stream_video
+
+    if format not in ("mask", "color", "overlay") or codec.lower() not in ("jpeg", "png"):
+        fail("--format must be mask, color or overlay; --codec jpeg or png", 2)
+    try:
+        stats = stream_video(url, video, out=out, fmt=format, realtime=realtime,
+                             api_key=api_key, codec=codec)  # fmt: skip
+    except (InputError, ValueError, OSError) as e:
+        fail(str(e), 2)
+    except Exception as e:  # a close from the service: its code and reason say why
+        fail(f"stream ended: {e}", 1)
+    typer.echo(stats.summary())
+    if out is not None:
+        _echo(f"wrote {out}")
+
+
 @app.command("package")
 def package(
     model_uri: Annotated[
