@@ -20,7 +20,16 @@ if __package__ in (None, ""):  # run as a script: make `components` importable
 
 from kfp import compiler, dsl, kubernetes
 
-from components import evaluate, load_data, register_best, remap_labels, train, validate_labels
+from components import (
+    deploy,
+    evaluate,
+    load_data,
+    package,
+    register_best,
+    remap_labels,
+    train,
+    validate_labels,
+)
 
 PIPELINE_NAME = "roadseg-training"
 DEFAULT_LOSSES = ["wce", "ohem", "dice", "dice_ce"]
@@ -33,6 +42,7 @@ CREDENTIALS_SECRET = "roadseg-mlflow-credentials"
 GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
 GPU_TAINT_KEY = "nvidia.com/gpu"
 TRAIN_TIMEOUT_S = 6 * 3600
+DEPLOY_TIMEOUT_S = 2 * 3600  # image build + rollout wait, each bounded by params.deploy
 SHM_SIZE = "8Gi"  # DataLoader workers pass batches through /dev/shm (64 MiB by default)
 
 
@@ -130,7 +140,18 @@ def training_pipeline(
     )
     best.set_display_name("register best").set_caching_options(False)  # it changes the registry
     on_cpu_node(with_tracking_env(best), cpu="2", memory="8G")
-    return best.output
+    # The new champion becomes a self-contained Bento; `deploy` builds its image in the cluster
+    # and rolls it out (it skips, saying why, when deploy.enabled is off or outside a cluster).
+    bento = package(registration=best.output, **common).set_display_name("package bento")
+    bento.set_caching_options(False)
+    on_cpu_node(with_tracking_env(bento), cpu="2", memory="4G")
+    # Runs as the pipeline's service account, which k8s/base/deploy/rbac.yaml binds to the
+    # least-privilege Role `roadseg-deploy`.
+    rollout = deploy(packaged=bento.outputs["Output"], **common).set_display_name("deploy")
+    rollout.set_caching_options(False)
+    kubernetes.set_timeout(rollout, DEPLOY_TIMEOUT_S)
+    on_cpu_node(with_tracking_env(rollout), cpu="500m", memory="1G")
+    return rollout.output  # the registration, with `package` and `deploy` added
 
 
 def compile_pipeline(package_path: str | Path = IR_PATH) -> Path:
