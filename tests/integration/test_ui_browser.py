@@ -43,6 +43,9 @@ CHROME_FLAGS = (
     "--disable-sync",
     "--no-first-run",
     "--window-size=1400,1000",
+    # Live mode: Chromium's synthetic camera, allowed without a permission prompt
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -489,3 +492,40 @@ def test_ui_segments_uploads_end_to_end(
     name = "ui-api-key.png" if service.api_key else "ui.png"
     driver.execute_script("window.scrollTo(0, 0)")
     assert driver.save_screenshot(str(ARTIFACTS / name))
+
+
+def test_ui_live_mode_streams_fake_camera(browser, live_service: LiveService) -> None:
+    """Live mode with Chromium's fake camera: frames round-trip over /stream, the overlay canvas
+    changes between answers and the counters move (with the key: via the subprotocol)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, service = browser, live_service
+    wait = WebDriverWait(driver, 120)
+    driver.get(f"{service.url}/ui")
+    if service.api_key:
+        store = "localStorage.setItem('roadseg.apiKey', arguments[0])"
+        driver.execute_script(store, service.api_key)
+    driver.find_element(By.ID, "live-camera").click()
+
+    def answered(d) -> int:
+        return int(d.find_element(By.ID, "live-canvas").get_attribute("data-frames") or 0)
+
+    wait.until(lambda d: answered(d) >= 2)
+    digest = "const c = document.getElementById('live-canvas'); return c.toDataURL();"
+    first = driver.execute_script(digest)
+    seen = answered(driver)
+    wait.until(lambda d: answered(d) >= seen + 3)
+    # the fake camera animates: a later answer draws different pixels
+    assert driver.execute_script(digest) != first
+    assert float(driver.find_element(By.ID, "live-fps").text) > 0
+    assert driver.find_element(By.ID, "live-latency").text.endswith("ms")
+    assert int(driver.find_element(By.ID, "live-frames").text) >= seen + 3
+    canvas = driver.find_element(By.ID, "live-canvas")
+    assert int(canvas.get_attribute("width")) > 0 and int(canvas.get_attribute("height")) > 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.execute_script("arguments[0].scrollIntoView()", canvas)
+    name = "ui-live-api-key.png" if service.api_key else "ui-live.png"
+    assert driver.save_screenshot(str(ARTIFACTS / name))
+    driver.find_element(By.ID, "live-stop").click()
+    assert "Stopped" in driver.find_element(By.ID, "live-status").text
