@@ -293,3 +293,66 @@ def test_openapi_documents_every_request_body(served) -> None:
     ):
         body = spec["paths"][path]["post"].get("requestBody")
         assert body and body.get("content"), path
+
+
+# ---------------------------------------------------------------- a KITTI Road model (2 classes)
+
+
+@pytest.fixture
+def kitti(served):
+    """The same live app serving a binary KITTI Road model: the engine on the service's state is
+    swapped for the test (one BentoML app per process: its metrics are process-global)."""
+    import bentoml
+
+    from roadseg.batching import InferenceEngine
+    from roadseg.config import load_params
+    from roadseg.models import build_model
+    from roadseg.serving import ModelSpec
+
+    client = served[0]
+    client.get("/readyz")
+    state = bentoml.get_current_service().state
+    params = load_params(overrides=["data.dataset=kitti_road", "model.base_channels=4"])
+    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
+    torch.manual_seed(1)
+    model = build_model("unet", in_channels=3, num_classes=2, base_channels=4).eval()
+    engine = InferenceEngine(model, spec, {"version": "kitti-1"})
+    engine.ready = True
+    saved = state.engine
+    state.engine = engine
+    yield client, model, spec
+    state.engine = saved
+
+
+def _png(h: int, w: int) -> tuple[bytes, np.ndarray]:
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 4 % 256, yy * 6 % 256, (xx * yy) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue(), arr
+
+
+def test_kitti_upload_like_the_original_server(kitti) -> None:
+    client, model, spec = kitti
+    assert spec.class_names == ("not road", "road")
+    data, pixels = _png(75, 248)  # KITTI-like aspect
+    # the original client: requests.post(url + "/upload", files={"file": ...}), reads a JPEG
+    r = client.post("/upload", files={"file": ("um_000000.png", data)}, headers=H)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    out = Image.open(io.BytesIO(r.content))
+    assert out.format == "JPEG" and out.mode == "L" and out.size == (248, 75)
+    pred = predict(model, [pixels], spec)[0]
+    assert np.abs(np.asarray(out, int) - pred.road_probability.astype(int)).mean() < 3
+    # road probability > 0.5 is exactly where the mask says road (class 1)
+    np.testing.assert_array_equal(pred.mask == 1, pred.road_probability > 127)
+
+
+def test_kitti_segment_and_classes_follow_the_spec(kitti) -> None:
+    client, model, spec = kitti
+    data, pixels = _png(40, 64)
+    r = client.post("/segment", content=data, headers={**H, "Content-Type": "image/png"})
+    mask = np.asarray(Image.open(io.BytesIO(r.content)))
+    np.testing.assert_array_equal(mask, predict(model, [pixels], spec)[0].mask)
+    assert set(np.unique(mask)) <= {0, 1}
+    assert [c["name"] for c in client.get("/classes", headers=H).json()] == ["not road", "road"]
+    assert client.get("/health").json() == {"status": "healthy"}
