@@ -510,6 +510,14 @@ def pipeline_run(
     except (PipelineFailed, ValueError, FileNotFoundError) as e:
         fail(str(e))
     _registration_table(result)
+    packaged = result.get("package") or {}
+    if packaged.get("packaged"):
+        console.print(f"Bento {packaged['bento_tag']} built; serve it: {packaged['serve_command']}")
+    elif packaged:
+        console.print(f"no Bento built: {packaged.get('reason')}")
+    deployed = result.get("deploy") or {}
+    if deployed and not deployed.get("deployed"):
+        console.print(f"deploy skipped locally: {deployed.get('reason')}")
     from roadseg.runs import parent_link
 
     Console(width=max(140, console.width)).print(

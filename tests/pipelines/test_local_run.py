@@ -45,7 +45,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("pipeline")
     uri = f"sqlite:///{tmp / 'mlruns.db'}"
     ensure_experiment(uri, "bdd100k", tmp / "mlartifacts")
-    return tmp, uri
+    mp = pytest.MonkeyPatch()  # the package step's Bentos go to a store of this test's own
+    mp.setenv("BENTOML_HOME", str(tmp / "bentoml"))
+    yield tmp, uri
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +109,26 @@ def test_second_run_no_better_keeps_champion(store: tuple[Path, str], first: dic
     assert str(v2.version) == "2"
     assert v2.tags["promotion"] == "rejected"
     assert "does not beat champion" in v2.tags["promotion_reason"]
+    # no new champion, no new Bento: the package step says why
+    assert not second["package"]["packaged"]
+    assert "champion did not move" in second["package"]["reason"]
+
+
+def test_champion_is_packaged_and_deploy_skips_locally(
+    store: tuple[Path, str], first: dict
+) -> None:
+    tmp, uri = store
+    packaged = first["package"]
+    assert packaged["packaged"] and packaged["model_uri"] == f"models:/{NAME}/1"
+    assert packaged["serve_command"] == f"bentoml serve {packaged['bento_tag']}"
+    # the Bento is in this test's BentoML store, and the registry records it
+    name, version = packaged["bento_tag"].split(":")
+    assert (tmp / "bentoml" / "bentos" / name / version / "bento.yaml").is_file()
+    tags = MlflowClient(uri).get_model_version(NAME, "1").tags
+    assert tags["bento_tag"] == packaged["bento_tag"]
+    assert (
+        not first["deploy"]["deployed"] and "deploy.enabled is false" in first["deploy"]["reason"]
+    )
 
 
 def test_invalid_dataset_stops_before_training(tmp_path: Path) -> None:
