@@ -37,7 +37,7 @@ def mlflow_server(tmp_path: Path):
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "server.log").open("wb"),
         start_new_session=True,  # the server forks uvicorn workers: kill the whole group
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -47,12 +47,13 @@ def mlflow_server(tmp_path: Path):
             urllib.request.urlopen(f"{url}/health", timeout=2)
             break
         except OSError:
-            if proc.poll() is not None:
-                pytest.skip("mlflow server did not start")
+            if proc.poll() is not None:  # a broken server is a failure, never a skip
+                log = (tmp_path / "server.log").read_text(errors="replace")[-2000:]
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log}")
             time.sleep(1)
     else:
         _kill_group(proc)
-        pytest.skip("mlflow server did not come up within 120 s")
+        pytest.fail("mlflow server did not answer /health within 120 s")
     yield url, proc
     _kill_group(proc)
 
