@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from roadseg.config import Params
@@ -163,6 +162,71 @@ def preprocess(images: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
     return torch.stack(batch)
 
 
+# Elements (classes x pixels) of one post-processing tile: a few such float32 tiles are alive at
+# once (~4 MiB each), whatever the image size, so full-resolution memory is the uint8 outputs.
+TILE_ELEMENTS = 2**20
+
+
+def _source_index(out_size: int, in_size: int, start: int, stop: int):
+    """Bilinear (align_corners=False) source indices and weights for output positions start..stop.
+
+    The same arithmetic as `F.interpolate(mode="bilinear")`: float32 scale in/out, source
+    position scale * (dst + 0.5) - 0.5 clamped at 0, upper neighbour clamped at the last index.
+    """
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    dst = torch.arange(start, stop, dtype=torch.float32)
+    src = (scale * (dst + 0.5) - 0.5).clamp_(min=0.0)
+    i0 = src.floor().long().clamp_(max=in_size - 1)
+    lam = (src - i0.float()).clamp_(0.0, 1.0)
+    i1 = (i0 + 1).clamp_(max=in_size - 1)
+    return i0, i1, lam
+
+
+def _postprocess(lg: torch.Tensor, h: int, w: int, spec: ModelSpec) -> Prediction:
+    """Mask, confidence, class shares and road probability of one (C, h_in, w_in) logit map at (h, w).
+
+    Equal to upsampling the logits bilinearly to (h, w), soft-maxing and arg-maxing there, but done
+    tile by tile (rows x columns), so memory stays bounded for any size. The mask is the argmax of
+    the logits (softmax is monotonic); max softmax = 1 / sum(exp(l - max)).
+    """
+    c, h_in, w_in = lg.shape
+    road_idx = spec.class_names.index("road") if "road" in spec.class_names else None
+    mask = torch.empty((h, w), dtype=torch.uint8)
+    road = torch.empty((h, w), dtype=torch.uint8) if road_idx is not None else None
+    conf_sum = 0.0
+    rank = torch.arange(c - 1, -1, -1, dtype=torch.uint8).view(-1, 1, 1)  # class 0 ranks highest
+    tile_w = max(1, min(w, TILE_ELEMENTS // (c * h_in)))
+    for c0 in range(0, w, tile_w):
+        c1 = min(w, c0 + tile_w)
+        x0, x1, lx = _source_index(w, w_in, c0, c1)
+        # Horizontal pass on every source row (small: h_in rows), then vertical per row chunk.
+        hx = lg.index_select(2, x0).mul_(1.0 - lx).add_(lg.index_select(2, x1).mul_(lx))
+        rows = max(1, TILE_ELEMENTS // (c * (c1 - c0)))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            y0, y1, ly = _source_index(h, h_in, r0, r1)
+            ly = ly.view(1, -1, 1)
+            up = hx.index_select(1, y0).mul_(1.0 - ly).add_(hx.index_select(1, y1).mul_(ly))
+            top = up.amax(dim=0)
+            # First class reaching the max (as torch.max): 2x faster than max(dim=0) on CPU.
+            hits = (up == top).view(torch.uint8).mul_(rank)
+            mask[r0:r1, c0:c1] = (c - 1) - hits.amax(dim=0)
+            up.sub_(top).exp_()
+            total = up.sum(dim=0)
+            conf_sum += float(total.reciprocal().sum(dtype=torch.float64))
+            if road is not None:
+                p = up[road_idx].div_(total)
+                road[r0:r1, c0:c1] = p.mul_(255.0).round_().to(torch.uint8)
+    counts = torch.bincount(mask.flatten(), minlength=spec.num_classes).double()
+    shares = (counts / counts.sum()).tolist()
+    return Prediction(
+        mask=mask.numpy(),
+        confidence=conf_sum / (h * w),
+        class_shares=dict(zip(spec.class_names, shares, strict=True)),
+        road_probability=road.numpy() if road is not None else None,
+    )
+
+
 @torch.no_grad()
 def predict(
     model: torch.nn.Module,
@@ -173,8 +237,9 @@ def predict(
 ) -> list[Prediction]:
     """Masks at each input's own resolution.
 
-    Logits are computed at spec.image_size, upsampled bilinearly to each input's (H, W), then
-    soft-maxed and arg-maxed there, so evaluation and serving score the same pixels.
+    Logits are computed at spec.image_size and upsampled bilinearly to each input's (H, W), then
+    soft-maxed and arg-maxed there (tile by tile, see `_postprocess`), so evaluation and serving
+    score the same pixels.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
@@ -182,26 +247,9 @@ def predict(
     for start in range(0, len(images), batch_size):
         chunk = [check_image(im) for im in images[start : start + batch_size]]
         x = preprocess(chunk, spec).to(device)
-        logits = model(x).float()
+        logits = model(x).float().cpu()
         for im, lg in zip(chunk, logits, strict=True):
-            h, w = im.shape[:2]
-            up = F.interpolate(lg[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            probs = up.softmax(dim=0)
-            conf, mask = probs.max(dim=0)
-            counts = torch.bincount(mask.flatten(), minlength=spec.num_classes).double()
-            shares = (counts / counts.sum()).tolist()
-            road = None
-            if "road" in spec.class_names:
-                p = probs[spec.class_names.index("road")]
-                road = p.mul(255.0).round_().to(torch.uint8).cpu().numpy()
-            out.append(
-                Prediction(
-                    mask=mask.to(torch.uint8).cpu().numpy(),
-                    confidence=float(conf.mean()),
-                    class_shares=dict(zip(spec.class_names, shares, strict=True)),
-                    road_probability=road,
-                )
-            )
+            out.append(_postprocess(lg, im.shape[0], im.shape[1], spec))
     return out
 
 
