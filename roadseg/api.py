@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hmac
 import io
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from roadseg.batching import InferenceEngine
 from roadseg.inputs import InputError, Limits
 from roadseg.monitoring import MonitorLog
 from roadseg.serving import Prediction, colorize, encode_png, overlay
+
+logger = logging.getLogger(__name__)
 
 # Probes, metrics and the API description stay open: clients read /schema.json to find methods.
 OPEN_PATHS = (
@@ -113,11 +116,16 @@ def encode_image(array: np.ndarray, codec: str = "PNG") -> bytes:
 def record_features(state: ServingState, images: list[np.ndarray], preds: list[Prediction]) -> None:
     from roadseg.drift import image_features
 
-    rows = [
-        image_features(im, p) | {"width": im.shape[1], "height": im.shape[0]}
-        for im, p in zip(images, preds, strict=True)
-    ]
-    state.monitor.write(rows, model_version=state.version)
+    # Monitoring never fails a request: images too small for the features (< 3 px on a side) or
+    # any other feature error only leave the row out, with a warning.
+    rows = []
+    for im, p in zip(images, preds, strict=True):
+        try:
+            rows.append(image_features(im, p) | {"width": im.shape[1], "height": im.shape[0]})
+        except Exception as e:
+            logger.warning("monitoring skipped a %sx%s image: %s", im.shape[1], im.shape[0], e)
+    if rows:
+        state.monitor.write(rows, model_version=state.version)
 
 
 def json_error(status: int, problem: str, detail: str) -> dict[str, Any]:

@@ -20,11 +20,12 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-IMAGE_FORMATS = ("JPEG", "PNG")
+IMAGE_FORMATS = ("JPEG", "PNG", "MPO")  # MPO: camera JPEGs; the first frame is used
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+JPEG_MAX_SIDE = 65500  # the largest width or height a JPEG can encode
 
 
 class InputError(ValueError):
@@ -68,8 +69,12 @@ def decode_image(data: bytes, limits: Limits, *, name: str = "image") -> np.ndar
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))  # reads the header only
-        except (UnidentifiedImageError, Image.DecompressionBombError) as e:
-            if isinstance(e, Image.DecompressionBombError):
+        except (
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+        ) as e:
+            if not isinstance(e, UnidentifiedImageError):  # both bomb thresholds: 413
                 raise InputError(f"{name}: image too large ({e})", 413, "too_many_pixels") from None
             raise InputError(
                 f"{name}: not an image (expected JPEG or PNG)", 415, "not_an_image"
@@ -93,16 +98,30 @@ def decode_image(data: bytes, limits: Limits, *, name: str = "image") -> np.ndar
                 413,
                 "too_many_pixels",
             )
+        if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global someone may have set: never pad data
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
         try:
             img.load()
-            rgb = img.convert("RGB")
+            return _to_rgb(ImageOps.exif_transpose(img))
         except Image.DecompressionBombWarning as e:
             raise InputError(f"{name}: image too large ({e})", 413, "too_many_pixels") from None
-        except (OSError, SyntaxError, ValueError) as e:
+        except MemoryError:
+            raise InputError(f"{name}: image too large to decode", 413, "too_many_pixels") from None
+        except Exception as e:  # PIL raises many types on hostile data (struct, zlib, ...)
             raise InputError(
-                f"{name}: truncated or corrupt image ({e})", 400, "corrupt_image"
+                f"{name}: truncated or corrupt image ({type(e).__name__}: {e})",
+                400,
+                "corrupt_image",
             ) from None
-    return np.asarray(rgb)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Decoded PIL image -> RGB uint8; 16/32-bit grey is scaled to 8 bits, never clipped."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        grey = np.asarray(img).astype(np.float64)
+        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
 
 
 def decode_base64(text: Any, *, name: str) -> bytes:
@@ -146,6 +165,11 @@ def parse_predict_json(body: Any, limits: Limits) -> tuple[list[str], list[np.nd
             413,
             "too_many_images",
         )
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not _encodable(n):
+            raise InputError(
+                f"image_names[{i}] must be a UTF-8 string, got {ascii(n)[:80]}", 422, "bad_name"
+            )
     decoded = [
         decode_image(
             decode_base64(b64, name=f"images[{i}]"), limits, name=f"images[{i}] ({names[i]})"
@@ -153,6 +177,15 @@ def parse_predict_json(body: Any, limits: Limits) -> tuple[list[str], list[np.nd
         for i, b64 in enumerate(images)
     ]
     return [str(n) for n in names], decoded
+
+
+def _encodable(text: str) -> bool:
+    """False for lone surrogates (valid in JSON escapes, not in UTF-8): they break responses."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_zip(data: bytes) -> bool:

@@ -33,7 +33,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from roadseg.api import ServingState, encode_image, error_response
-from roadseg.inputs import InputError, Limits, decode_image, parse_predict_json, read_uploads
+from roadseg.inputs import (
+    JPEG_MAX_SIDE,
+    InputError,
+    Limits,
+    decode_image,
+    parse_predict_json,
+    read_uploads,
+)
 from roadseg.serving import Prediction, colorize, encode_png, overlay
 from roadseg.stream import register_stream
 from roadseg.video import VideoWriter, read_video, sniff_video
@@ -143,6 +150,13 @@ def build_legacy_app(get_state: Callable[[], ServingState], ui_dir: Path | None 
         image = await run_in_threadpool(
             decode_image, data, state.limits, name=file.filename or "file"
         )
+        if format != "mask" and max(image.shape[:2]) > JPEG_MAX_SIDE:  # answered as JPEG
+            raise InputError(
+                f"image is {image.shape[1]}x{image.shape[0]}; a JPEG answer allows at most "
+                f"{JPEG_MAX_SIDE} px a side (ask ?format=mask for a PNG)",
+                413,
+                "too_large_for_jpeg",
+            )
         (pred,) = await state.infer([image])
         fmt = format or ("probability" if pred.road_probability is not None else "overlay")
         if fmt == "probability":

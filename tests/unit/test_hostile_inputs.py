@@ -1,0 +1,154 @@
+"""Hostile and unusual uploads: each gets the right pixels or a JSON 4xx, never a 500.
+
+Decoder cases run on `roadseg.inputs.decode_image` directly; service cases go through the
+in-process BentoML app of `test_service_app` and check that a good request still succeeds after.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+from test_service_app import H, image_bytes, monkeypatch_module, served  # noqa: F401
+
+from roadseg.inputs import InputError, Limits, decode_image, parse_predict_json
+
+LIM = Limits()
+
+
+def _chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    crc = zlib.crc32(kind + data) if crc is None else crc
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_16_bit_grey_png_is_scaled_not_clipped():
+    grey = np.array([[0, 257 * 128, 65535, 257 * 7]], dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")
+    rgb = decode_image(buf.getvalue(), LIM)
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 4, 3)
+    assert rgb[0, :, 0].tolist() == [0, 128, 255, 7] and (rgb[..., 0] == rgb[..., 2]).all()
+
+
+def test_exif_orientation_is_applied():
+    src = np.zeros((20, 40, 3), np.uint8)
+    src[:, :20] = (255, 0, 0)  # stored: left red, right blue
+    src[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display = stored rotated 90 degrees clockwise
+    buf = io.BytesIO()
+    Image.fromarray(src).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    rgb = decode_image(buf.getvalue(), LIM).astype(int)
+    assert rgb.shape == (40, 20, 3)  # displayed size
+    assert np.abs(rgb - np.rot90(src, k=-1).astype(int)).mean() < 5  # left red -> top red
+    assert rgb[:15, :, 0].min() > 200 and rgb[25:, :, 2].min() > 200
+
+
+def test_mpo_first_frame_is_used():
+    first = np.full((16, 24, 3), (200, 30, 30), np.uint8)
+    second = Image.fromarray(np.full((16, 24, 3), (0, 0, 250), np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(first).save(buf, format="MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    rgb = decode_image(buf.getvalue(), LIM).astype(int)
+    assert np.abs(rgb - first.astype(int)).max() < 8
+
+
+@pytest.mark.parametrize("load_truncated", [False, True])
+def test_truncated_jpeg_is_refused_never_padded(monkeypatch, load_truncated):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)
+    data, _ = image_bytes(200, 300, "JPEG")
+    with pytest.raises(InputError) as e:
+        decode_image(data[: len(data) // 2], LIM)
+    assert e.value.status == 400 and e.value.problem == "corrupt_image"
+
+
+def test_pixel_count_between_limit_and_pil_bomb_threshold_is_413():
+    # Header only: 10000 x 10000 = 1e8 pixels, above PIL's warning threshold (~8.9e7) and below
+    # its error threshold; with a generous service limit the answer must still be 413.
+    ihdr = struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
+    for limits in (LIM, Limits(max_image_pixels=10**9)):
+        with pytest.raises(InputError) as e:
+            decode_image(data, limits)
+        assert e.value.status == 413
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        _chunk(b"tEXt", b"key\x00value", crc=1),  # bad CRC
+        _chunk(b"zTXt", b"key\x00\x00not zlib at all"),  # corrupt compressed text
+        _chunk(b"iTXt", b"\xff\xfe\x00\x00\x00\x00\x00"),  # truncated fields
+    ],
+)
+def test_broken_ancillary_chunk_after_image_data(chunk):
+    arr = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    png = _png(arr)
+    iend = png.rindex(b"IEND") - 4
+    data = png[:iend] + chunk + png[iend:]
+    try:
+        rgb = decode_image(data, LIM)
+    except InputError as e:  # refusing is fine; anything but a 4xx is not
+        assert e.status == 400
+    else:
+        assert rgb.tolist() == arr.tolist()
+
+
+def test_lone_surrogate_in_image_names_is_422():
+    body = {"image_names": ["ok", "bad\ud800"], "images": ["", ""]}
+    with pytest.raises(InputError) as e:
+        parse_predict_json(body, LIM)
+    assert e.value.status == 422 and "image_names[1]" in str(e.value)
+
+
+def _good_request_still_works(client):
+    data, _ = image_bytes(24, 32)
+    assert client.post("/segment", files={"image": ("g.png", data)}, headers=H).status_code == 200
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 300), (300, 2)])
+def test_tiny_and_thin_images_are_segmented(served, size):  # noqa: F811
+    client, _, _, _ = served
+    data = _png(np.full((*size, 3), 90, np.uint8))
+    r = client.post("/segment/json", files={"image": ("t.png", data)}, headers=H)
+    assert r.status_code == 200, r.text
+    r = client.post("/segment", files={"image": ("t.png", data)}, headers=H)
+    assert r.status_code == 200 and np.asarray(Image.open(io.BytesIO(r.content))).shape[:2] == size
+    _good_request_still_works(client)
+
+
+def test_upload_wider_than_jpeg_allows_is_413(served):  # noqa: F811
+    client, _, _, _ = served
+    data = _png(np.zeros((1, 70000, 3), np.uint8))
+    r = client.post("/upload", files={"file": ("w.png", data)}, headers=H)
+    assert r.status_code == 413 and r.json()["error"] == "too_large_for_jpeg"
+    r = client.post("/upload?format=mask", files={"file": ("w.png", data)}, headers=H)
+    assert r.status_code == 200 and np.asarray(Image.open(io.BytesIO(r.content))).shape == (
+        1,
+        70000,
+    )
+    _good_request_still_works(client)
+
+
+def test_surrogate_name_over_http_is_json_422(served):  # noqa: F811
+    client, _, _, _ = served
+    png, _ = image_bytes(8, 8)
+    b64 = base64.b64encode(png).decode()
+    raw = '{"image_names": ["x\\ud800"], "images": ["' + b64 + '"]}'
+    r = client.post(
+        "/predict/returns-json/", content=raw, headers={**H, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 422 and r.json()["error"] == "bad_name"
+    _good_request_still_works(client)
