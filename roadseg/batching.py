@@ -83,7 +83,14 @@ class InferenceEngine:
         futures = [loop.create_future() for _ in images]
         for im, fut in zip(images, futures, strict=True):
             await self._queue.put((im, fut))
-        return list(await asyncio.gather(*futures))
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            # The request failed or its client went away (task cancelled): the worker skips
+            # cancelled futures, so the rest of this request's images are never computed.
+            for fut in futures:
+                fut.cancel()
+            raise
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
@@ -108,20 +115,28 @@ class InferenceEngine:
                     except TimeoutError:
                         break
             live = [(im, fut) for im, fut in items if not fut.done()]  # drop cancelled requests
-            if not live:
-                continue
-            try:
-                preds = await loop.run_in_executor(
-                    self._executor, self.predict_now, [im for im, _ in live]
-                )
-            except Exception as e:  # one bad batch must not kill the worker
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            for (_, fut), pred in zip(live, preds, strict=True):
-                if not fut.done():
-                    fut.set_result(pred)
+            if live:
+                await self._run_batch(loop, live)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, live: list) -> None:
+        """One forward pass for the batch; on failure, image by image, so that one bad image
+        fails only its own request and the worker keeps running."""
+        try:
+            preds = await loop.run_in_executor(
+                self._executor, self.predict_now, [im for im, _ in live]
+            )
+        except Exception as e:
+            if len(live) > 1:
+                for item in live:
+                    if not item[1].done():
+                        await self._run_batch(loop, [item])
+                return
+            if not live[0][1].done():
+                live[0][1].set_exception(e)
+            return
+        for (_, fut), pred in zip(live, preds, strict=True):
+            if not fut.done():
+                fut.set_result(pred)
 
     async def close(self) -> None:
         if self._worker is not None:
