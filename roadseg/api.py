@@ -43,6 +43,9 @@ OPEN_PATHS = (
     "/schema.json",
 )
 VERSION_HEADER = "X-Model-Version"
+# Header budget per request (431 beyond): generous for browsers and clients, small for attackers.
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
 Format = Literal["mask", "color", "overlay"]
 
 
@@ -196,6 +199,15 @@ class GuardMiddleware:
 
         raw = scope.get("headers", [])
         path = scope.get("path", "")
+        header_bytes = sum(len(k) + len(v) for k, v in raw)
+        if len(raw) > MAX_HEADERS or header_bytes > MAX_HEADER_BYTES:
+            detail = (
+                f"{len(raw)} headers, {header_bytes} bytes: the limits are {MAX_HEADERS} headers "
+                f"and {MAX_HEADER_BYTES} bytes"
+            )
+            body = json_error(431, "headers_too_large", detail)
+            await JSONResponse(body, 431)(scope, receive, send_with_version)
+            return
         if state.api_key and not (path in OPEN_PATHS or path.startswith("/ui")):
             given, problem = _api_key(raw)
             if given is None or not hmac.compare_digest(given.encode(), state.api_key.encode()):

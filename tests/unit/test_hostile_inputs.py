@@ -152,3 +152,18 @@ def test_surrogate_name_over_http_is_json_422(served):  # noqa: F811
     )
     assert r.status_code == 422 and r.json()["error"] == "bad_name"
     _good_request_still_works(client)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {f"X-Pad-{i}": "1" for i in range(150)},  # too many headers
+        {"X-Pad": "a" * 20_000},  # one huge header
+    ],
+)
+def test_oversized_headers_are_431_json(served, headers):  # noqa: F811
+    client, _, _, _ = served
+    data, _ = image_bytes(8, 8)
+    r = client.post("/segment", files={"image": ("h.png", data)}, headers={**H, **headers})
+    assert r.status_code == 431 and r.json()["error"] == "headers_too_large"
+    _good_request_still_works(client)
