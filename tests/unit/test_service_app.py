@@ -40,7 +40,7 @@ def image_bytes(h: int, w: int, fmt: str = "PNG", seed: int = 0) -> tuple[bytes,
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module):
+def served(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module, service_asgi):
     from roadseg.config import load_params
     from roadseg.modelio import save_checkpoint
     from roadseg.models import build_model
@@ -73,10 +73,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module):
         monkeypatch_module.setenv(k, v)
     from starlette.testclient import TestClient
 
-    from bento.service import RoadSegService
 
     model.eval()
-    with TestClient(RoadSegService.to_asgi()) as client:
+    with TestClient(service_asgi()) as client:
         yield client, model, spec, tmp
 
 

@@ -24,7 +24,7 @@ MAX_FRAME_BYTES = 60_000
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
+def served(tmp_path_factory: pytest.TempPathFactory, service_asgi):
     from roadseg.config import load_params
     from roadseg.modelio import save_checkpoint
     from roadseg.models import build_model
@@ -61,11 +61,10 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv(k, v)
     from starlette.testclient import TestClient
 
-    from bento.service import RoadSegService
 
     model.eval()
     try:
-        with TestClient(RoadSegService.to_asgi()) as client:
+        with TestClient(service_asgi()) as client:
             yield client, model, spec, tmp
     finally:
         mp.undo()
