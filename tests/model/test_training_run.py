@@ -88,7 +88,7 @@ def test_mlflow_gets_params_metrics_figures_and_model(
 
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    mlflow.set_system_metrics_sampling_interval(1)
+    mlflow.set_system_metrics_sampling_interval(0.1)  # a tiny run may last under a second
     mlflow.set_system_metrics_samples_before_logging(1)
     try:
         r = train_model(tiny_params(tmp_path / "ck"), tiny_data, tracking_uri=uri, progress=False)
