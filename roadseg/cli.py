@@ -417,7 +417,10 @@ app.add_typer(pipeline_app, name="pipeline")
 LOCAL_DEFAULTS = ["data.num_workers=0"]
 LossOpt = Annotated[
     list[str] | None,
-    typer.Option("--loss", help="loss variant (repeatable; default: pipeline.loss_variants, or kitti_loss_variants for kitti_road)"),
+    typer.Option(
+        "--loss",
+        help="loss variant (repeatable; default: pipeline.loss_variants, or kitti_loss_variants for kitti_road)",
+    ),
 ]
 
 

@@ -73,7 +73,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module, service
         monkeypatch_module.setenv(k, v)
     from starlette.testclient import TestClient
 
-
     model.eval()
     with TestClient(service_asgi()) as client:
         yield client, model, spec, tmp

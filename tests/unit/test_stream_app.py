@@ -61,7 +61,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, service_asgi):
         mp.setenv(k, v)
     from starlette.testclient import TestClient
 
-
     model.eval()
     try:
         with TestClient(service_asgi()) as client:
