@@ -142,6 +142,21 @@ def log_model(
         )
 
 
+def registered_version(client: Any, uri: str) -> Any:
+    """The MLflow ModelVersion behind `models:/name@alias` or `models:/name/<version>`.
+
+    Raises ModelLoadError for any other form (logged-model ids, runs:/ URIs, a bad version).
+    """
+    rest = uri.removeprefix("models:/") if uri.startswith("models:/") else ""
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, _, version = rest.partition("/")
+    if not name or not version.isdigit():
+        raise ModelLoadError(f"{uri}: expected models:/name@alias or models:/name/<version>")
+    return client.get_model_version(name, version)
+
+
 def _resolve_registered(uri: str) -> dict[str, Any]:
     """Name, version, run id and model id behind a models:/ URI (None where not applicable)."""
     from mlflow import MlflowClient
@@ -156,18 +171,9 @@ def _resolve_registered(uri: str) -> dict[str, Any]:
             "name": logged.name,
             "version": rest,
         }
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, _, version = rest.partition("/")
-        if not version.isdigit():
-            raise ModelLoadError(
-                f"{uri}: expected models:/name@alias, models:/name/version or models:/m-<id>"
-            )
-        mv = client.get_model_version(name, version)
+    mv = registered_version(client, uri)
     return {
-        "name": name,
+        "name": mv.name,
         "version": str(mv.version),
         "run_id": mv.run_id,
         "model_id": getattr(mv, "model_id", None),

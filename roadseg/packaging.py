@@ -104,16 +104,13 @@ def resolve_version(uri: str, *, tracking_uri: str) -> RegisteredVersion:
         raise PackagingError(
             f"{uri!r}: package a registered version, models:/name@alias or models:/name/<version>"
         )
+    from roadseg.modelio import ModelLoadError, registered_version
+
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, version = rest.partition("/")
-            if not version.isdigit():
-                raise PackagingError(f"{uri!r}: version must be a number")
-            mv = client.get_model_version(name, version)
+        mv = registered_version(client, uri)
+    except ModelLoadError as e:
+        raise PackagingError(str(e)) from e
     except MlflowException as e:
         raise PackagingError(f"{uri}: not in the registry at {tracking_uri} ({e.message})") from e
     return RegisteredVersion(
