@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,19 +39,12 @@ def real_images(n: int) -> list[np.ndarray]:
 
 def demo_model(base: int, size: tuple[int, int]) -> Path:
     """A U-Net like the demo's (untrained weights: the cost is the same)."""
-    from roadseg.config import load_params
-    from roadseg.modelio import save_checkpoint
-    from roadseg.models import build_model
-    from roadseg.serving import ModelSpec
+    from roadseg.launcher import save_random_checkpoint
 
-    params = load_params(
-        overrides=[f"model.base_channels={base}", f"train.image_size=[{size[0]},{size[1]}]"]
-    )
-    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
-    torch.manual_seed(0)
-    model = build_model("unet", in_channels=3, num_classes=spec.num_classes, base_channels=base)
     path = Path(tempfile.mkdtemp(prefix="roadseg-bench-")) / "model.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 0})
+    save_random_checkpoint(
+        path, base_channels=base, overrides=[f"train.image_size=[{size[0]},{size[1]}]"]
+    )
     return path
 
 

@@ -1,4 +1,4 @@
-"""Start and stop a real `bentoml serve` subprocess (integration tests and the benchmark)."""
+"""Helpers for tests and benchmarks: a real `bentoml serve` subprocess, random models, params files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,10 +22,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def random_unet(
+    *, base_channels: int = 4, seed: int = 0, overrides: Sequence[str] = (), **extra: Any
+) -> tuple[Any, Any]:
+    """An untrained U-Net (eval mode) and its `ModelSpec`, for tests and benchmarks.
+
+    An untrained U-Net's logits are nearly flat, so it often answers one class everywhere;
+    larger weights give masks with several classes, which content checks need. `overrides`
+    are params overrides (e.g. `data.dataset=kitti_road` for the binary model); `extra` goes
+    into the spec (e.g. `loss=`).
+    """
+    import torch
+
+    from roadseg.config import load_params
+    from roadseg.models import build_model
+    from roadseg.serving import ModelSpec
+
+    params = load_params(overrides=[f"model.base_channels={base_channels}", *overrides])
+    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25), **extra)
+    torch.manual_seed(seed)
+    model = build_model(
+        "unet", in_channels=3, num_classes=spec.num_classes, base_channels=base_channels
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model.eval(), spec
+
+
+def save_random_checkpoint(path: Path, *, epoch: int = 0, **kw: Any) -> tuple[Any, Any]:
+    """`random_unet(**kw)` saved as a roadseg checkpoint (servable as ROADSEG_MODEL_URI=path)."""
+    from roadseg.modelio import save_checkpoint
+
+    model, spec = random_unet(**kw)
+    save_checkpoint(path, {"model": model.state_dict(), "spec": spec.to_dict(), "epoch": epoch})
+    return model, spec
+
+
+def params_with(path: Path, replacements: dict[str, str]) -> Path:
+    """Write the repository's params.yaml to `path` with each `old` text replaced by `new`
+    (every `old` must occur: a renamed key fails loudly instead of being silently ignored)."""
+    text = (REPO / "params.yaml").read_text()
+    for old, new in replacements.items():
+        if old not in text:
+            raise ValueError(f"params.yaml has no {old!r}")
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
 def register_random_model(
     tracking_uri: str, *, base_channels: int = 4, name: str = "roadseg-unet", seed: int = 0
 ) -> str:
-    """Log an untrained U-Net with `roadseg.modelio.log_model`, register it, alias `champion`.
+    """Log `random_unet` with `roadseg.modelio.log_model`, register it, alias `champion`.
 
     Returns the registered version.
     """
@@ -33,25 +83,10 @@ def register_random_model(
 
     from roadseg.config import load_params
     from roadseg.modelio import log_model
-    from roadseg.models import build_model
-    from roadseg.serving import ModelSpec
 
     mlflow.set_tracking_uri(tracking_uri)
     params = load_params(overrides=[f"model.base_channels={base_channels}"])
-    spec = ModelSpec.from_params(
-        params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25), loss="dice_ce"
-    )
-    import torch
-
-    torch.manual_seed(seed)
-    model = build_model(
-        "unet", in_channels=3, num_classes=spec.num_classes, base_channels=base_channels
-    )
-    # An untrained U-Net's logits are nearly flat, so it often answers one class everywhere;
-    # larger weights give masks with several classes, which content checks need.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
+    model, spec = random_unet(base_channels=base_channels, seed=seed, loss="dice_ce")
     mlflow.set_experiment("roadseg-serve-test")
     with mlflow.start_run():
         mlflow.log_param("params_digest", params.digest())
@@ -63,15 +98,18 @@ def register_random_model(
 
 @contextlib.contextmanager
 def running_service(
-    env: dict[str, str],
+    env: dict[str, str | None],
     *,
     port: int | None = None,
     timeout: float = 180.0,
     log_path: Path | None = None,
+    target: str = "bento.service:RoadSegService",
+    cwd: Path = REPO,
 ) -> Iterator[str]:
-    """Run `bentoml serve bento.service:RoadSegService` until /readyz answers 200; yield its URL.
-
-    The process group is always terminated on exit (then killed if it lingers).
+    """Run `bentoml serve <target>` (the service module, or a built Bento's tag) until /readyz
+    answers 200; yield its URL. `env` is added to this process's environment; a None value
+    removes the variable. The process group is always terminated on exit (then killed if it
+    lingers).
     """
     import httpx
 
@@ -82,14 +120,14 @@ def running_service(
         "-m",
         "bentoml",
         "serve",
-        "bento.service:RoadSegService",
+        target,
         "--port",
         str(port),
     ]
     proc = subprocess.Popen(
         cmd,
-        cwd=REPO,
-        env={**os.environ, **env},
+        cwd=cwd,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

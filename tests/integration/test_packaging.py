@@ -6,20 +6,17 @@ Slow (two `bentoml serve` start-ups, ~2-4 min on the shared 2-core machine).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from roadseg.launcher import free_port, register_random_model, stop_process_group
+from roadseg.launcher import free_port, register_random_model, running_service
 
 pytestmark = pytest.mark.slow
 ROADSEG = [sys.executable, "-m", "roadseg.cli"]
@@ -32,33 +29,12 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
     return proc.stdout
 
 
-@contextlib.contextmanager
-def serving_bento(tag: str, bentoml_home: Path, cwd: Path, log: Path) -> Iterator[str]:
+def serving_bento(tag: str, bentoml_home: Path, cwd: Path, log: Path):
     """`bentoml serve <tag>` from a folder that is not the repository, MLflow on a closed port."""
-    import httpx
-
-    port = free_port()
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home),
+    env = {"BENTOML_HOME": str(bentoml_home), "ROADSEG_MODEL_URI": None,
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",  # nothing listens there
            "ROADSEG_MONITOR_DIR": str(cwd / "monitoring")}  # fmt: skip
-    env.pop("ROADSEG_MODEL_URI", None)
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--port", str(port)],
-                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                assert proc.poll() is None, f"bentoml serve exited:\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"not ready:\n{log.read_text()[-3000:]}"
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                time.sleep(1)
-            yield url
-        finally:
-            stop_process_group(proc)
+    return running_service(env, target=tag, cwd=cwd, log_path=log, timeout=300)
 
 
 def _served_masks(url: str, images: list[Path]) -> tuple[dict[str, np.ndarray], dict, str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from roadseg.launcher import running_service
@@ -23,25 +21,13 @@ N_FRAMES = 12
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory):
-    from roadseg.config import load_params
-    from roadseg.modelio import save_checkpoint
-    from roadseg.models import build_model
-    from roadseg.serving import ModelSpec
+    from roadseg.launcher import params_with, save_random_checkpoint
     from roadseg.video import VideoWriter
 
     tmp = tmp_path_factory.mktemp("stream-live")
-    params = load_params(overrides=["model.base_channels=4"])
-    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
-    torch.manual_seed(1)
-    model = build_model("unet", in_channels=3, num_classes=spec.num_classes, base_channels=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
-    model.eval()
     ckpt = tmp / "model.pt"
-    save_checkpoint(ckpt, {"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 1})
-    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
-    (tmp / "params.yaml").write_text(text.replace("max_fps: 30", "max_fps: 8"))
+    model, spec = save_random_checkpoint(ckpt, base_channels=4, seed=1, epoch=1)
+    params_with(tmp / "params.yaml", {"max_fps: 30": "max_fps: 8"})
     clip = tmp / "clip.mp4"
     yy, xx = np.mgrid[0:64, 0:96]
     with VideoWriter(clip, (96, 64), 10) as w:

@@ -12,11 +12,9 @@ import io
 import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from roadseg.serving import colorize, overlay, predict
@@ -41,28 +39,17 @@ def image_bytes(h: int, w: int, fmt: str = "PNG", seed: int = 0) -> tuple[bytes,
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module, service_asgi):
-    from roadseg.config import load_params
-    from roadseg.modelio import save_checkpoint
-    from roadseg.models import build_model
-    from roadseg.serving import ModelSpec
+    from roadseg.launcher import params_with, save_random_checkpoint
 
     tmp = tmp_path_factory.mktemp("svc")
-    params = load_params(overrides=["model.base_channels=4"])
-    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
-    torch.manual_seed(0)
-    model = build_model("unet", in_channels=3, num_classes=spec.num_classes, base_channels=4)
-    # Bias the head so that several classes win somewhere (a random head predicts one class).
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
     ckpt = tmp / "model.pt"
-    save_checkpoint(ckpt, {"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 3})
-    small = tmp / "params.yaml"
-    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
-    small.write_text(
-        text.replace("max_zip_entries: 256", "max_zip_entries: 6").replace(
-            "max_zip_uncompressed_bytes: 209715200", "max_zip_uncompressed_bytes: 400000"
-        )
+    model, spec = save_random_checkpoint(ckpt, base_channels=4, seed=0, epoch=3)
+    small = params_with(
+        tmp / "params.yaml",
+        {
+            "max_zip_entries: 256": "max_zip_entries: 6",
+            "max_zip_uncompressed_bytes: 209715200": "max_zip_uncompressed_bytes: 400000",
+        },
     )
     for k, v in {
         "ROADSEG_MODEL_URI": str(ckpt),
@@ -73,7 +60,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module, service
         monkeypatch_module.setenv(k, v)
     from starlette.testclient import TestClient
 
-    model.eval()
     with TestClient(service_asgi()) as client:
         yield client, model, spec, tmp
 
@@ -303,17 +289,12 @@ def kitti(served):
     import bentoml
 
     from roadseg.batching import InferenceEngine
-    from roadseg.config import load_params
-    from roadseg.models import build_model
-    from roadseg.serving import ModelSpec
+    from roadseg.launcher import random_unet
 
     client = served[0]
     client.get("/readyz")
     state = bentoml.get_current_service().state
-    params = load_params(overrides=["data.dataset=kitti_road", "model.base_channels=4"])
-    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
-    torch.manual_seed(1)
-    model = build_model("unet", in_channels=3, num_classes=2, base_channels=4).eval()
+    model, spec = random_unet(base_channels=4, seed=1, overrides=["data.dataset=kitti_road"])
     engine = InferenceEngine(model, spec, {"version": "kitti-1"})
     engine.ready = True
     saved = state.engine

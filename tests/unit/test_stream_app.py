@@ -8,11 +8,9 @@ wrong order or at the wrong size fails here.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from starlette.websockets import WebSocketDisconnect
 
 from roadseg.serving import colorize, overlay, predict
@@ -25,32 +23,20 @@ MAX_FRAME_BYTES = 60_000
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, service_asgi):
-    from roadseg.config import load_params
-    from roadseg.modelio import save_checkpoint
-    from roadseg.models import build_model
-    from roadseg.serving import ModelSpec
+    from roadseg.launcher import params_with, save_random_checkpoint
 
     tmp = tmp_path_factory.mktemp("stream")
-    params = load_params(overrides=["model.base_channels=4"])
-    spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
-    torch.manual_seed(0)
-    model = build_model("unet", in_channels=3, num_classes=spec.num_classes, base_channels=4)
-    with torch.no_grad():  # a scaled random head predicts several classes
-        for p in model.parameters():
-            p.mul_(3.0)
     ckpt = tmp / "model.pt"
-    save_checkpoint(ckpt, {"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 3})
-    small = tmp / "params.yaml"
-    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
-    for old, new in {
-        "max_frame_bytes: 8388608": f"max_frame_bytes: {MAX_FRAME_BYTES}",
-        "max_frame_pixels: 8300000": "max_frame_pixels: 10000",
-        "max_fps: 30": "max_fps: 5",
-        "max_connections: 16": "max_connections: 3",
-    }.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    small.write_text(text)
+    model, spec = save_random_checkpoint(ckpt, base_channels=4, seed=0, epoch=3)
+    small = params_with(
+        tmp / "params.yaml",
+        {
+            "max_frame_bytes: 8388608": f"max_frame_bytes: {MAX_FRAME_BYTES}",
+            "max_frame_pixels: 8300000": "max_frame_pixels: 10000",
+            "max_fps: 30": "max_fps: 5",
+            "max_connections: 16": "max_connections: 3",
+        },
+    )
     mp = pytest.MonkeyPatch()
     for k, v in {
         "ROADSEG_MODEL_URI": str(ckpt),
@@ -61,7 +47,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, service_asgi):
         mp.setenv(k, v)
     from starlette.testclient import TestClient
 
-    model.eval()
     try:
         with TestClient(service_asgi()) as client:
             yield client, model, spec, tmp
