@@ -81,19 +81,22 @@ class DatasetError(ValueError):
 
 
 def _expectations(gxe, max_ignore_fraction: float, dataset: str = "bdd100k") -> list:
-    """The suite, one entry per (rule, expectation); `meta.rule` maps results back to rules."""
+    """The suite, one entry per (rule, expectation); `meta.rule` maps results back to rules.
+
+    The file-level rules (pairing, non-empty, decodable, sizes, not all ignore) are shared by
+    both layouts; BDD100k adds mask format and ids, KITTI Road its colours, categories, names.
+    """
 
     def tag(rule: str) -> dict:
         return {"meta": {"rule": rule}, "notes": {**RULES, **KITTI_RULES}[rule]}
 
-    if dataset == "kitti_road":
-        return kitti_expectations(gxe, tag, max_ignore_fraction)
-
     def in_set(rule: str, column: str, values: list) -> object:
         return gxe.ExpectColumnValuesToBeInSet(column=column, value_set=values, **tag(rule))
 
-    return [
-        in_set("mask_present", "label_paired", [True]),
+    kitti = dataset == "kitti_road"
+    label = "gt" if kitti else "mask"
+    shared = [
+        in_set(f"{label}_present", "label_paired", [True]),
         in_set("image_present", "has_image", [True]),
         gxe.ExpectColumnValuesToBeBetween(
             column="image_bytes", min_value=1, **tag("no_zero_byte_files")
@@ -102,9 +105,7 @@ def _expectations(gxe, max_ignore_fraction: float, dataset: str = "bdd100k") -> 
             column="label_bytes", min_value=1, **tag("no_zero_byte_files")
         ),
         in_set("image_decodes", "image_decodes", [True]),
-        in_set("mask_decodes", "label_decodes", [True]),
-        in_set("mask_single_channel_8bit", "label_mode", ["L", "P"]),
-        in_set("mask_ids_valid", "label_ids_valid", [True]),
+        in_set(f"{label}_decodes", "label_decodes", [True]),
         gxe.ExpectColumnPairValuesToBeEqual(
             column_A="image_size",
             column_B="label_size",
@@ -115,8 +116,15 @@ def _expectations(gxe, max_ignore_fraction: float, dataset: str = "bdd100k") -> 
             column="ignore_fraction",
             max_value=max_ignore_fraction,
             strict_max=True,
-            **tag("mask_not_all_ignore"),
+            **tag("gt_not_all_void" if kitti else "mask_not_all_ignore"),
         ),
+    ]
+    if kitti:
+        return [*shared, *kitti_expectations(gxe, in_set, tag)]
+    return [
+        *shared,
+        in_set("mask_single_channel_8bit", "label_mode", ["L", "P"]),
+        in_set("mask_ids_valid", "label_ids_valid", [True]),
         in_set("name_unique_across_splits", "in_other_split", [False]),
     ]
 
