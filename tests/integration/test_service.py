@@ -262,6 +262,29 @@ def keyed_requests(monkeypatch: pytest.MonkeyPatch):
     return requests
 
 
+@pytest.fixture(scope="module")
+def reference(service):
+    """What the served version answers in-process (`roadseg.serving.predict`) for some pixels:
+    every client's answer below is compared with it, pixel by pixel."""
+    import mlflow
+
+    from roadseg.modelio import load_model
+    from roadseg.serving import predict
+
+    _, version, tmp = service
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+    try:
+        model, spec, _ = load_model(f"models:/roadseg-unet/{version}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return (lambda pixels: predict(model, [pixels], spec)[0]), spec
+
+
+def pixels_of(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
 def streamlit_view_page(result: io.BytesIO) -> list[tuple]:
     """What the view page shows: (original, segmented, name) image triples, or for a video
     the two .mp4 members as (bytes, name) pairs with the `predicted` one identified."""
@@ -281,8 +304,11 @@ def streamlit_view_page(result: io.BytesIO) -> list[tuple]:
         return shown
 
 
-def test_streamlit_client_image_zip_and_video(service, keyed_requests) -> None:
+def test_streamlit_client_image_zip_and_video(service, keyed_requests, reference) -> None:
+    from roadseg.serving import colorize
+
     client, _, tmp = service
+    expect, spec = reference
     requests = keyed_requests
     base = str(client.base_url).rstrip("/")
 
@@ -311,9 +337,17 @@ def test_streamlit_client_image_zip_and_video(service, keyed_requests) -> None:
         np.asarray(Image.open(io.BytesIO(original))).tolist()
         == np.asarray(Image.open(io.BytesIO(png(30, 40)))).tolist()
     )
+    want = colorize(expect(pixels_of(original)).mask, spec.colors)
+    np.testing.assert_array_equal(pixels_of(segmented), want)
     archive = zipped({"a/x.png": png(seed=1), "b/x.png": png(seed=2), "y.jpg": png(fmt="JPEG")})
     shown = streamlit_view_page(upload_image_or_zip(io.BytesIO(archive), "batch.zip"))
     assert sorted(s[2] for s in shown) == ["x.png", "x_1.png", "y.png"]
+    by_name = {name: (pixels_of(o), pixels_of(c)) for o, c, name in shown}
+    # each name holds its own input (colliding names keep their order) and its own prediction
+    np.testing.assert_array_equal(by_name["x.png"][0], pixels_of(png(seed=1)))
+    np.testing.assert_array_equal(by_name["x_1.png"][0], pixels_of(png(seed=2)))
+    for original_px, color_px in by_name.values():
+        np.testing.assert_array_equal(color_px, colorize(expect(original_px).mask, spec.colors))
 
     from roadseg.video import VideoWriter
 
@@ -321,8 +355,15 @@ def test_streamlit_client_image_zip_and_video(service, keyed_requests) -> None:
     with VideoWriter(clip, (64, 48), fps=5) as w:
         for i in range(6):
             w.write(np.full((48, 64, 3), 40 * i, np.uint8))
-    videos = streamlit_view_page(upload_video(io.BytesIO(clip.read_bytes()), "street.mp4"))
+    result = upload_video(io.BytesIO(clip.read_bytes()), "street.mp4")
+    videos = streamlit_view_page(result)
     assert len(videos) == 2
+    result.seek(0)
+    with zipfile.ZipFile(result) as z:  # every frame's mask is the model's answer for that frame
+        for i in range(6):
+            frame = pixels_of(z.read(f"frames/frame_{i:05d}.png"))
+            mask = pixels_of(z.read(f"pred_mask/frame_{i:05d}.png"))
+            np.testing.assert_array_equal(mask, expect(frame).mask)
     predicted = [v for v in videos if "predicted" in v[1]]
     original = [v for v in videos if "predicted" not in v[1]]
     assert len(predicted) == len(original) == 1
@@ -337,10 +378,13 @@ def test_streamlit_client_image_zip_and_video(service, keyed_requests) -> None:
         assert b"avc1" in data[:4096] or b"avcC" in data
 
 
-def test_readme_json_curl_and_multipart_json(service, tmp_path) -> None:
+def test_readme_json_curl_and_multipart_json(service, tmp_path, reference) -> None:
     import shutil
     import subprocess
 
+    from roadseg.serving import colorize
+
+    expect, spec = reference
     client, _, _ = service
     curl = shutil.which("curl")
     if curl is None:
@@ -379,10 +423,14 @@ def test_readme_json_curl_and_multipart_json(service, tmp_path) -> None:
         color = Image.open(io.BytesIO(base64.b64decode(data["pred_color"][i])))
         assert original.size == mask.size == color.size, name
         assert mask.mode == "L" and color.mode == "RGB"
+        want = expect(np.asarray(original.convert("RGB"))).mask
+        np.testing.assert_array_equal(np.asarray(mask), want, err_msg=name)
+        np.testing.assert_array_equal(np.asarray(color), colorize(want, spec.colors))
 
 
-def test_kitti_server_clients(service, keyed_requests) -> None:
+def test_kitti_server_clients(service, keyed_requests, reference) -> None:
     client, _, _ = service
+    expect, _ = reference
     requests = keyed_requests
     base = str(client.base_url).rstrip("/")
     assert requests.get(f"{base}/health").json() == {"status": "healthy"}
@@ -390,14 +438,19 @@ def test_kitti_server_clients(service, keyed_requests) -> None:
     r.raise_for_status()
     out = Image.open(io.BytesIO(r.content))
     assert out.format == "JPEG" and out.mode == "L" and out.size == (90, 37)
+    road = expect(pixels_of(png(37, 90))).road_probability.astype(int)
+    assert np.abs(np.asarray(out, int) - road).mean() < 3  # JPEG: close, not exact
 
 
-def test_bentoml_python_clients(service, tmp_path) -> None:
+def test_bentoml_python_clients(service, tmp_path, reference) -> None:
     import asyncio
 
     import bentoml
 
+    from roadseg.serving import colorize
+
     client, version, _ = service
+    expect, spec = reference
     url = str(client.base_url).rstrip("/")
     street = tmp_path / "street.png"
     street.write_bytes(png(44, 66, seed=9))
@@ -406,9 +459,10 @@ def test_bentoml_python_clients(service, tmp_path) -> None:
         color_file = c.segment(image=street, format="color")
         result = c.segment_json(image=street)
     mask = np.asarray(Image.open(mask_file))
-    assert mask.shape == (44, 66) and mask.max() < 14
+    want = expect(pixels_of(png(44, 66, seed=9))).mask
+    np.testing.assert_array_equal(mask, want)
     color = np.asarray(Image.open(color_file))
-    assert color.shape == (44, 66, 3)
+    np.testing.assert_array_equal(color, colorize(want, spec.colors))
     palette = {tuple(c["color"]) for c in client.get("/classes").json()}
     assert {tuple(p) for p in color.reshape(-1, 3)} <= palette
     assert result["model_version"] == version
