@@ -69,6 +69,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
         assert old in text, old
         text = text.replace(old, new)
     params.write_text(text)
+    (tmp / "tmp").mkdir()
     env = {
         "MLFLOW_TRACKING_URI": tracking,
         "ROADSEG_MODEL_URI": "models:/roadseg-unet@champion",
@@ -76,6 +77,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
         "ROADSEG_MONITOR_DIR": str(tmp / "monitoring"),
         "ROADSEG_API_KEY": KEY,
         "BENTOML_HOME": str(tmp / "bentoml"),
+        "TMPDIR": str(tmp / "tmp"),  # the service's temp files, apart from other processes'
     }
     with (
         running_service(env, log_path=tmp / "serve.log") as url,
@@ -224,7 +226,9 @@ def test_bad_inputs(service) -> None:
 
 
 def test_api_key_and_still_serving(service) -> None:
-    client, _, _ = service
+    import time
+
+    client, _, tmp = service
     base = str(client.base_url)
     r = httpx.post(f"{base}/segment", content=png())
     check_error(r, 401, "X-API-Key")
@@ -238,7 +242,13 @@ def test_api_key_and_still_serving(service) -> None:
     assert httpx.get(f"{base}/readyz").status_code == 200
     r = client.post("/segment", content=png(33, 44), headers={"Content-Type": "image/png"})
     assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (44, 33)
-    leftovers = [p for p in Path("/tmp").glob("roadseg-video-*")]
+    # video work dirs are removed by a background task after each response
+    service_tmp = tmp / "tmp"
+    for _ in range(50):
+        leftovers = list(service_tmp.glob("roadseg-video-*"))
+        if not leftovers:
+            break
+        time.sleep(0.2)
     assert not leftovers, leftovers
 
 
