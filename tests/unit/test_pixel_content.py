@@ -189,3 +189,82 @@ def test_resize_image_keeps_left_right_and_colours() -> None:
     want = layout(30, 40)
     keep = interior(want, 2)
     assert (small[keep] == RGB[want][keep]).all()
+
+
+class RampLogits(torch.nn.Module):
+    """Fixed logits whatever the image: class 0 = column index j, class 1 = row index i + 0.37,
+    class 2 = 2.9, on the model's (h, w) grid.
+
+    Bilinear interpolation (align_corners=False, as `F.interpolate`) reproduces a linear ramp
+    exactly, so the upsampled logits at output pixel (y, x) are known in closed form:
+    class 0 = clip((x + 0.5) * w / W - 0.5, 0, w - 1), class 1 likewise in y, plus 0.37.
+    Nearest-neighbour upsampling gives whole numbers instead, so the class boundaries move.
+    """
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        h, w = size
+        i, j = torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                              torch.arange(w, dtype=torch.float32), indexing="ij")  # fmt: skip
+        self.register_buffer("logits", torch.stack([j, i + 0.37, torch.full_like(i, 2.9)]))
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # predict reads the device from it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[1:] == (3, *self.logits.shape[1:])
+        return self.logits.expand(x.shape[0], -1, -1, -1)
+
+
+def ramp_source(out: int, size: int, mode: str) -> np.ndarray:
+    """The ramp's value at each of `out` output positions, by the textbook formula of `mode`."""
+    dst = np.arange(out, dtype=np.float64)
+    if mode == "bilinear":  # half-pixel centres (align_corners=False)
+        return np.clip((dst + 0.5) * size / out - 0.5, 0, size - 1)
+    if mode == "align_corners":
+        return dst * (size - 1) / max(out - 1, 1)
+    return np.floor(dst * size / out)  # nearest (PyTorch's "nearest")
+
+
+def ramp_truth(h: int, w: int, size: tuple[int, int], mode: str):
+    """Expected mask (argmax), max softmax, and where the answer is sure: the two best logits of
+    `RampLogits` upsampled differ by more than float32 rounding could change (1e-4)."""
+    sy, sx = ramp_source(h, size[0], mode), ramp_source(w, size[1], mode)
+    logits = np.stack(np.broadcast_arrays(sx[None, :], sy[:, None] + 0.37, np.full((h, 1), 2.9)))
+    top = np.sort(logits, axis=0)
+    conf = 1 / np.exp(logits - logits.max(0)).sum(0)
+    return logits.argmax(0).astype(np.uint8), conf, top[-1] - top[-2] > 1e-4
+
+
+RAMP_SPEC = ModelSpec(
+    model_name="fixed", num_classes=3, in_channels=3, base_channels=1, image_size=(4, 5),
+    mean=(0.5,) * 3, std=(0.25,) * 3, class_names=("col", "row", "flat"),
+    colors=((255, 0, 0), (0, 255, 0), (0, 0, 255)),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [(37, 50), (720, 1280), (9, 13), (3, 4), (1, 1)])
+def test_predict_upsamples_logits_bilinearly_with_half_pixel_centres(size) -> None:
+    """Every pixel of the mask (and the confidence) equals the closed-form bilinear answer; the
+    nearest-neighbour and align_corners=True answers differ from it, so either would fail."""
+    h, w = size
+    model = RampLogits(RAMP_SPEC.image_size)
+    (p,) = predict(model, [np.zeros((h, w, 3), np.uint8)], RAMP_SPEC)
+    want, conf, sure = ramp_truth(h, w, RAMP_SPEC.image_size, "bilinear")
+    assert sure.mean() > 0.999  # near-ties only on a few pixels of the diagonal boundary
+    np.testing.assert_array_equal(p.mask[sure], want[sure])
+    assert p.confidence == pytest.approx(conf.mean(), abs=1e-5)
+    if min(size) > 8:
+        for other in ("nearest", "align_corners"):
+            assert (ramp_truth(h, w, RAMP_SPEC.image_size, other)[0] != want).any(), other
+
+
+def test_ramp_boundaries_by_hand() -> None:
+    """37 x 50 from a 4 x 5 grid: class 0 (column ramp) beats 2.9 where (x + 0.5) * 5 / 50 - 0.5
+    > 2.9, i.e. from column 34 on (nearest: from 30, align_corners=True: from 36); in the top
+    row (row ramp 0.37 + clip((y + 0.5) * 4 / 37 - 0.5, 0, 3)) classes 0 and 2 are the only ones."""
+    (p,) = predict(RampLogits((4, 5)), [np.zeros((37, 50, 3), np.uint8)], RAMP_SPEC)
+    assert p.mask[0].tolist() == [2] * 34 + [0] * 16
+    # bottom row: class 1 = 3.37 beats 2.9 and the column ramp until that exceeds 3.37, i.e.
+    # (x + 0.5) / 10 - 0.5 > 3.37 from x = 38.2 on -> column 39
+    assert p.mask[-1].tolist() == [1] * 39 + [0] * 11
+    # left column: class 1 beats 2.9 where (y + 0.5) * 4 / 37 - 0.5 + 0.37 > 2.9, y > 27.51 -> 28
+    assert p.mask[:, 0].tolist() == [2] * 28 + [1] * 9
