@@ -28,7 +28,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from roadseg.api import Format, GuardMiddleware, RawImageBody, ServingState, error_response
-from roadseg.inputs import InputError, decode_image
+from roadseg.httpguard import install_http_guards
+from roadseg.inputs import Budget, InputError, decode_image
 from roadseg.legacy import build_legacy_app
 
 DEFAULT_MODEL_URI = "models:/roadseg-unet@champion"
@@ -149,7 +150,10 @@ class RoadSegService:
 
     async def _decode(self, image: Path) -> Any:
         data = await run_in_threadpool(Path(image).read_bytes)
-        return await run_in_threadpool(decode_image, data, self.state.limits, name="image")
+        limits = self.state.limits
+        return await run_in_threadpool(
+            decode_image, data, limits, name="image", budget=Budget(limits)
+        )
 
 
 def _format(given: str | None, ctx: bentoml.Context | None) -> str:
@@ -180,4 +184,7 @@ def _observer() -> Any:
 
 # Outermost first: the guard sees the request as sent, then raw bodies become multipart `image`.
 RoadSegService.add_asgi_middleware(GuardMiddleware, state=current_state)
+# Header timeout and size cap on the connection, metrics labelled by route: BentoML has no
+# setting for either, and its worker imports this module before building the server and app.
+install_http_guards(current_state)
 RoadSegService.add_asgi_middleware(RawImageBody)

@@ -169,6 +169,12 @@ class ServeParams(_Frozen):
     max_zip_uncompressed_bytes: int = Field(200 * 2**20, ge=1)
     max_video_frames: int = Field(900, ge=1)
     max_video_seconds: float = Field(60, gt=0)
+    # Per request, across parts, ZIP entries, JSON images and video frames (roadseg/decoding.py).
+    max_request_pixels: int = Field(250_000_000, ge=1)
+    max_jpeg_scans: int = Field(100, ge=1)  # a progressive JPEG has ~10; each scan is a full pass
+    header_timeout_seconds: float = Field(10, gt=0)  # connection open -> headers complete
+    body_timeout_seconds: float = Field(15, gt=0)  # longest wait for the next body chunk
+    max_body_seconds: float = Field(120, gt=0)  # whole body, however it trickles
     batch_size: int = Field(8, ge=1)
     max_latency_ms: int = Field(2000, ge=1)
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)

@@ -1,10 +1,12 @@
-"""Hardened decoding of untrusted uploads: images, base64 JSON payloads and ZIP archives.
+"""Untrusted uploads beyond one image: base64 JSON payloads, ZIP archives, multi-part requests.
 
-Every problem becomes an `InputError` carrying an HTTP status and a message naming the problem,
-so the service answers 4xx JSON instead of a traceback. Limits are checked before the expensive
-step they guard: image dimensions before decoding pixels (decompression bombs), declared ZIP sizes
-before reading members and actual bytes while reading (zip bombs). ZIP members are read in
-memory, never extracted, so hostile member names cannot write anywhere.
+Limits are checked before the expensive step they guard: a ZIP's entry count and central
+directory size from its end record before the directory is parsed, declared sizes before
+members are read and actual bytes while reading (zip bombs); every image is probed (header
+only) and charged to the request's `Budget` before any pixel is decoded. ZIP members are read
+in memory, never extracted, so hostile member names cannot write anywhere. The single-image
+core (`InputError`, `Limits`, `Budget`, `probe_image`, `decode_image`) lives in
+`roadseg.decoding` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -12,116 +14,42 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import warnings
+import struct
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-IMAGE_FORMATS = ("JPEG", "PNG", "MPO")  # MPO: camera JPEGs; the first frame is used
+from roadseg.decoding import (
+    JPEG_MAX_SIDE,
+    Budget,
+    InputError,
+    Limits,
+    Probe,
+    decode_image,
+    probe_image,
+)
+
+__all__ = [
+    "JPEG_MAX_SIDE",
+    "Budget",
+    "InputError",
+    "Limits",
+    "Probe",
+    "decode_base64",
+    "decode_image",
+    "parse_predict_json",
+    "probe_image",
+    "read_uploads",
+    "read_zip_images",
+    "safe_filename",
+]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-JPEG_MAX_SIDE = 65500  # the largest width or height a JPEG can encode
-
-
-class InputError(ValueError):
-    """A client-side problem with a request: `status` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400, problem: str = "bad_input") -> None:
-        super().__init__(message)
-        self.status = status
-        self.problem = problem
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"error": self.problem, "detail": str(self), "status": self.status}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Input limits (mirrors `params.serve`)."""
-
-    max_request_bytes: int = 50 * 2**20
-    max_image_pixels: int = 40_000_000
-    max_zip_entries: int = 256
-    max_zip_uncompressed_bytes: int = 200 * 2**20
-    max_video_frames: int = 900
-    max_video_seconds: float = 60.0
-
-    @classmethod
-    def from_params(cls, serve: Any) -> Limits:
-        return cls(**{k: getattr(serve, k) for k in cls.__dataclass_fields__})
-
-
-def decode_image(data: bytes, limits: Limits, *, name: str = "image") -> np.ndarray:
-    """JPEG/PNG bytes -> RGB uint8 (H, W, 3), checking the size before decoding any pixel.
-
-    Raises:
-        InputError: empty (400), not an image (415), unsupported format (415), too many
-            pixels (413), truncated or corrupt (400).
-    """
-    if not data:
-        raise InputError(f"{name}: empty upload (0 bytes)", 400, "empty")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))  # reads the header only
-        except (
-            UnidentifiedImageError,
-            Image.DecompressionBombError,
-            Image.DecompressionBombWarning,
-        ) as e:
-            if not isinstance(e, UnidentifiedImageError):  # both bomb thresholds: 413
-                raise InputError(f"{name}: image too large ({e})", 413, "too_many_pixels") from None
-            raise InputError(
-                f"{name}: not an image (expected JPEG or PNG)", 415, "not_an_image"
-            ) from None
-        except Exception as e:
-            raise InputError(
-                f"{name}: unreadable image header ({e})", 400, "corrupt_image"
-            ) from None
-        if img.format not in IMAGE_FORMATS:
-            raise InputError(
-                f"{name}: unsupported image format {img.format} (send JPEG or PNG)",
-                415,
-                "unsupported_format",
-            )
-        w, h = img.size
-        if w < 1 or h < 1:
-            raise InputError(f"{name}: image has no pixels ({w}x{h})", 400, "corrupt_image")
-        if w * h > limits.max_image_pixels:
-            raise InputError(
-                f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {limits.max_image_pixels}",
-                413,
-                "too_many_pixels",
-            )
-        if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global someone may have set: never pad data
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-        try:
-            img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
-        except Image.DecompressionBombWarning as e:
-            raise InputError(f"{name}: image too large ({e})", 413, "too_many_pixels") from None
-        except MemoryError:
-            raise InputError(f"{name}: image too large to decode", 413, "too_many_pixels") from None
-        except Exception as e:  # PIL raises many types on hostile data (struct, zlib, ...)
-            raise InputError(
-                f"{name}: truncated or corrupt image ({type(e).__name__}: {e})",
-                400,
-                "corrupt_image",
-            ) from None
-
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Decoded PIL image -> RGB uint8; 16/32-bit grey is scaled to 8 bits, never clipped."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        grey = np.asarray(img).astype(np.float64)
-        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    return np.asarray(img.convert("RGB"))
+ZIP_END = b"PK\x05\x06"
+ZIP_MAX_NAME = 1024  # bytes of central-directory record per entry we are willing to parse
 
 
 def decode_base64(text: Any, *, name: str) -> bytes:
@@ -138,8 +66,19 @@ def decode_base64(text: Any, *, name: str) -> bytes:
         raise InputError(f"{name}: invalid base64 ({e})", 400, "invalid_base64") from None
 
 
-def parse_predict_json(body: Any, limits: Limits) -> tuple[list[str], list[np.ndarray]]:
+def parse_predict_json(
+    body: Any, limits: Limits, budget: Budget | None = None
+) -> tuple[list[str], list[np.ndarray]]:
     """The legacy `{"image_names": [...], "images": [base64...]}` payload -> names, RGB images."""
+    names, probes = probe_predict_json(body, limits, budget)
+    return names, [p.decode(limits) for p in probes]
+
+
+def probe_predict_json(
+    body: Any, limits: Limits, budget: Budget | None = None
+) -> tuple[list[str], list[Probe]]:
+    """Check the payload's shape, names and every image's header against the budget; no pixel
+    is decoded, so an over-budget request costs only its base64 and header reads."""
     if not isinstance(body, Mapping):
         raise InputError("body must be a JSON object with image_names and images", 422, "bad_json")
     missing = [k for k in ("image_names", "images") if k not in body]
@@ -170,13 +109,17 @@ def parse_predict_json(body: Any, limits: Limits) -> tuple[list[str], list[np.nd
             raise InputError(
                 f"image_names[{i}] must be a UTF-8 string, got {ascii(n)[:80]}", 422, "bad_name"
             )
-    decoded = [
-        decode_image(
-            decode_base64(b64, name=f"images[{i}]"), limits, name=f"images[{i}] ({names[i]})"
+    budget = budget or Budget(limits)
+    probes = [
+        probe_image(
+            decode_base64(b64, name=f"images[{i}]"),
+            limits,
+            name=f"images[{i}] ({names[i][:100]})",
+            budget=budget,
         )
         for i, b64 in enumerate(images)
     ]
-    return [str(n) for n in names], decoded
+    return [str(n) for n in names], probes
 
 
 def _encodable(text: str) -> bool:
@@ -186,6 +129,12 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def safe_filename(name: str | None, default: str) -> str:
+    """A client's file name fit for messages: no control characters or surrogates, bounded."""
+    text = "".join(c for c in (name or "") if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF)
+    return text[:120] or default
 
 
 def is_zip(data: bytes) -> bool:
@@ -203,55 +152,65 @@ def safe_member_name(name: str) -> str:
     return norm
 
 
-def read_zip_images(data: bytes, limits: Limits) -> list[tuple[str, bytes]]:
-    """(name, bytes) of the JPEG/PNG members of a ZIP, read in memory within the limits.
+def check_zip_directory(data: bytes, entries_left: int) -> None:
+    """Entry count and central-directory size from the end record, before zipfile parses the
+    directory (a lying or huge directory would otherwise cost its full parse)."""
+    end = data.rfind(ZIP_END, max(0, len(data) - 65557))
+    if end < 0 or end + 22 > len(data):
+        raise InputError("not a readable ZIP archive (no end record)", 400, "corrupt_zip")
+    entries, cd_size = struct.unpack_from("<HI", data, end + 10)
+    if entries > entries_left:  # 0xFFFF (ZIP64) is far beyond any image budget
+        raise InputError(
+            f"ZIP has {entries} entries, more than the limit of {entries_left}",
+            413,
+            "zip_too_many_entries",
+        )
+    if cd_size > max(entries, 1) * (46 + ZIP_MAX_NAME) + 4096:
+        raise InputError(
+            f"ZIP central directory of {cd_size} bytes is too large for {entries} entries",
+            413,
+            "zip_too_many_entries",
+        )
+
+
+def read_zip_images(
+    data: bytes, limits: Limits, budget: Budget | None = None
+) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the JPEG/PNG members of a ZIP, read in memory within the budget.
 
     Raises:
         InputError: not a ZIP / corrupt (400), unsafe member path (400), too many entries or too
             many uncompressed bytes, declared or actually read (413), no images inside (400).
     """
+    budget = budget or Budget(limits)
+    check_zip_directory(data, budget.images_left)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as e:
         raise InputError(f"not a readable ZIP archive ({e})", 400, "corrupt_zip") from None
-    if len(infos) > limits.max_zip_entries:
+    if len(infos) > budget.images_left:
         raise InputError(
-            f"ZIP has {len(infos)} entries, more than the limit of {limits.max_zip_entries}",
+            f"ZIP has {len(infos)} entries, more than the limit of {budget.images_left}",
             413,
             "zip_too_many_entries",
         )
     for info in infos:
         safe_member_name(info.filename)
     declared = sum(i.file_size for i in infos)
-    if declared > limits.max_zip_uncompressed_bytes:
+    if declared > budget.bytes_left:
         raise InputError(
-            f"ZIP declares {declared} uncompressed bytes, more than the limit of "
-            f"{limits.max_zip_uncompressed_bytes}",
+            f"ZIP declares {declared} uncompressed bytes, more than the {budget.bytes_left} "
+            f"left of the limit of {limits.max_zip_uncompressed_bytes}",
             413,
             "zip_too_large",
         )
-    budget = limits.max_zip_uncompressed_bytes
     out: list[tuple[str, bytes]] = []
-    for info in infos:
-        name = safe_member_name(info.filename)
-        base = PurePosixPath(name).name
-        if info.is_dir() or base.startswith(".") or name.startswith("__MACOSX/"):
-            continue
-        if not base.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        if info.flag_bits & 0x1:
-            raise InputError(f"ZIP entry {name!r} is encrypted", 400, "corrupt_zip")
-        try:
-            with zf.open(info) as f:
-                # Read at most budget+1 bytes: headers can lie about sizes.
-                blob = f.read(budget + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
-            raise InputError(
-                f"ZIP entry {name!r} cannot be read ({e})", 400, "corrupt_zip"
-            ) from None
-        budget -= len(blob)
-        if budget < 0:
+    left = budget.bytes_left
+    for info, name in _image_members(infos):
+        blob = _read_member(zf, info, name, left)
+        left -= len(blob)
+        if left < 0:
             raise InputError(
                 f"ZIP expands past the limit of {limits.max_zip_uncompressed_bytes} bytes",
                 413,
@@ -263,12 +222,43 @@ def read_zip_images(data: bytes, limits: Limits) -> list[tuple[str, bytes]]:
     return out
 
 
-def read_uploads(
-    data: bytes, limits: Limits, *, filename: str = "upload"
-) -> list[tuple[str, bytes, np.ndarray]]:
-    """One image or a ZIP of images -> (name, original bytes, RGB image) triples."""
+def _image_members(infos: list[zipfile.ZipInfo]) -> list[tuple[zipfile.ZipInfo, str]]:
+    out = []
+    for info in infos:
+        name = safe_member_name(info.filename)
+        base = PurePosixPath(name).name
+        if info.is_dir() or base.startswith(".") or name.startswith("__MACOSX/"):
+            continue
+        if base.lower().endswith(IMAGE_SUFFIXES):
+            out.append((info, name))
+    return out
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, left: int) -> bytes:
+    if info.flag_bits & 0x1:
+        raise InputError(f"ZIP entry {name!r} is encrypted", 400, "corrupt_zip")
+    try:
+        with zf.open(info) as f:
+            return f.read(max(left, 0) + 1)  # at most one byte past the budget: sizes can lie
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise InputError(f"ZIP entry {name!r} cannot be read ({e})", 400, "corrupt_zip") from None
+
+
+def probe_uploads(
+    data: bytes, limits: Limits, budget: Budget, *, filename: str = "upload"
+) -> list[Probe]:
+    """One image or a ZIP of images -> probes (headers checked, budget charged, not decoded)."""
     if not data:
         raise InputError(f"{filename}: empty upload (0 bytes)", 400, "empty")
     if is_zip(data):
-        return [(n, b, decode_image(b, limits, name=n)) for n, b in read_zip_images(data, limits)]
-    return [(filename, data, decode_image(data, limits, name=filename))]
+        members = read_zip_images(data, limits, budget)
+        return [probe_image(b, limits, name=n, budget=budget) for n, b in members]
+    return [probe_image(data, limits, name=filename, budget=budget)]
+
+
+def read_uploads(
+    data: bytes, limits: Limits, *, filename: str = "upload", budget: Budget | None = None
+) -> list[tuple[str, bytes, np.ndarray]]:
+    """One image or a ZIP of images -> (name, original bytes, RGB image) triples."""
+    probes = probe_uploads(data, limits, budget or Budget(limits), filename=filename)
+    return [(p.name, p.data, p.decode(limits)) for p in probes]

@@ -15,35 +15,39 @@ Every route infers through `ServingState.infer`, the same batching queue as the 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, File, Query, Request, UploadFile
-from fastapi.responses import FileResponse, Response
-from starlette.background import BackgroundTask
+from fastapi import APIRouter, FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from roadseg.api import ServingState, encode_image, error_response
 from roadseg.inputs import (
     JPEG_MAX_SIDE,
+    Budget,
     InputError,
     Limits,
-    decode_image,
-    parse_predict_json,
-    read_uploads,
+    Probe,
+    probe_image,
+    probe_predict_json,
+    probe_uploads,
+    safe_filename,
 )
-from roadseg.serving import Prediction, colorize, encode_png, overlay
+from roadseg.serving import Prediction, colorize, encode_png
 from roadseg.stream import register_stream
-from roadseg.video import VideoWriter, read_video, sniff_video
+from roadseg.video import segment_video
+
+StateGetter = Callable[[], ServingState]
 
 PREDICT_JSON_BODY = {
     "required": True,
@@ -79,30 +83,51 @@ PREDICT_JSON_BODY = {
 }
 
 
-def build_legacy_app(get_state: Callable[[], ServingState], ui_dir: Path | None = None) -> FastAPI:
+def build_legacy_app(get_state: StateGetter, ui_dir: Path | None = None) -> FastAPI:
     """The FastAPI app with the legacy, info and UI routes; `get_state` gives the live state."""
     # BentoML serves /docs for the whole service (it merges these routes into its spec).
     app = FastAPI(title="roadseg legacy routes", openapi_url=None, docs_url=None, redoc_url=None)
     app.add_exception_handler(InputError, lambda _r, e: error_response(e))
     app.add_exception_handler(HTTPException, lambda _r, e: error_response(e))
+    app.add_exception_handler(RequestValidationError, lambda _r, e: validation_error(e))
+    app.include_router(image_routes(get_state))
+    app.include_router(video_routes(get_state))
+    app.include_router(info_routes(get_state))
+    register_stream(app, get_state)  # GET /stream WebSocket (roadseg/stream.py)
+    if ui_dir is not None and (ui_dir / "index.html").is_file():
+        from fastapi.staticfiles import StaticFiles
 
-    @app.post(
-        "/predict/returns-json/", tags=["legacy"], openapi_extra={"requestBody": PREDICT_JSON_BODY}
-    )
+        app.mount("/ui", StaticFiles(directory=ui_dir, html=True), name="ui")
+    return app
+
+
+def validation_error(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 as our JSON error body, naming the fields only (never echoing input)."""
+    fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+    detail = f"invalid or missing request field(s): {', '.join(fields)[:300]}"
+    return JSONResponse({"error": "bad_request", "detail": detail, "status": 422}, 422)
+
+
+def image_routes(get_state: StateGetter) -> APIRouter:
+    """U-Net-SSeg's JSON and ZIP routes and the KITTI server's `/upload`."""
+    router = APIRouter(tags=["legacy"])
+
+    @router.post("/predict/returns-json/", openapi_extra={"requestBody": PREDICT_JSON_BODY})
     async def predict_json(request: Request) -> dict[str, Any]:
         """U-Net-SSeg: `{"image_names", "images": [base64]}` -> `images`, `pred_mask`,
         `pred_color` (base64 PNGs) and `image_names`."""
         state = get_state()
         body = await _json_document(request, state.limits)
-        names, images = await run_in_threadpool(parse_predict_json, body, state.limits)
-        preds = await state.infer(images)
+        names, probes = await run_in_threadpool(probe_predict_json, body, state.limits)
         colors = state.require_engine().spec.colors
-
-        def encode() -> tuple[list[str], list[str]]:
-            b64 = lambda a: base64.b64encode(encode_png(a)).decode()  # noqa: E731
-            return [b64(p.mask) for p in preds], [b64(colorize(p.mask, colors)) for p in preds]
-
-        masks, color_masks = await run_in_threadpool(encode)
+        b64 = lambda a: base64.b64encode(encode_png(a)).decode()  # noqa: E731
+        masks: list[str] = []
+        color_masks: list[str] = []
+        async for _, preds in infer_in_chunks(state, probes):
+            masks += await run_in_threadpool(lambda p=preds: [b64(x.mask) for x in p])
+            color_masks += await run_in_threadpool(
+                lambda p=preds: [b64(colorize(x.mask, colors)) for x in p]
+            )
         return {
             "image_names": names,
             "images": body["images"],
@@ -110,21 +135,62 @@ def build_legacy_app(get_state: Callable[[], ServingState], ui_dir: Path | None 
             "pred_color": color_masks,
         }
 
-    @app.post("/predict-image/returns-zip/", tags=["legacy"], response_class=Response)
+    @router.post("/predict-image/returns-zip/", response_class=Response)
     async def predict_zip(files: list[UploadFile] = File(...)) -> Response:
         """U-Net-SSeg: multipart `files` (JPEG/PNG images or ZIPs of them) -> ZIP with
         `images/<n>.png`, `pred_mask/<n>.png`, `pred_color/<n>.png` sharing one name per image."""
         state = get_state()
-        entries = await _read_files(files, state.limits)
-        preds = await state.infer([image for _, image in entries])
-        blob = await run_in_threadpool(zip_results, state, entries, preds)
+        probes = await _read_files(files, state.limits)
+        blob = await zip_results(state, probes)
         return Response(
             blob,
             media_type="application/zip",
             headers={"Content-Disposition": 'attachment; filename="predictions.zip"'},
         )
 
-    @app.post("/predict-video/returns-zip/", tags=["legacy"], response_class=Response)
+    @router.post("/upload", response_class=Response)
+    async def upload(
+        file: UploadFile = File(...),
+        format: Literal["probability", "overlay", "color", "mask"] | None = Query(None),
+    ) -> Response:
+        """KITTI road server: multipart `file` -> the road probability as a grayscale JPEG at the
+        input's size (`?format=overlay|color` JPEG, `mask` PNG of class ids). A model with no
+        class named "road" answers the overlay by default."""
+        state = get_state()
+        data = await file.read()
+        name = safe_filename(file.filename, "file")
+        probe = await run_in_threadpool(
+            probe_image, data, state.limits, name=name, budget=Budget(state.limits)
+        )
+        if format != "mask" and max(probe.width, probe.height) > JPEG_MAX_SIDE:  # a JPEG answer
+            raise InputError(
+                f"image is {probe.width}x{probe.height}; a JPEG answer allows at most "
+                f"{JPEG_MAX_SIDE} px a side (ask ?format=mask for a PNG)",
+                413,
+                "too_large_for_jpeg",
+            )
+        image = await run_in_threadpool(probe.decode, state.limits)
+        (pred,) = await state.infer([image])
+        return await run_in_threadpool(upload_answer, state, image, pred, format)
+
+    return router
+
+
+def upload_answer(state: ServingState, image: np.ndarray, pred: Prediction, fmt: str | None):
+    fmt = fmt or ("probability" if pred.road_probability is not None else "overlay")
+    if fmt == "probability":
+        if pred.road_probability is None:
+            raise InputError("the served model has no 'road' class", 422, "no_road_class")
+        return Response(encode_image(pred.road_probability, "JPEG"), media_type="image/jpeg")
+    if fmt == "mask":
+        return Response(state.render(image, pred, "mask"), media_type="image/png")
+    return Response(state.render(image, pred, fmt, "JPEG"), media_type="image/jpeg")
+
+
+def video_routes(get_state: StateGetter) -> APIRouter:
+    router = APIRouter(tags=["legacy"])
+
+    @router.post("/predict-video/returns-zip/", response_class=Response)
     async def predict_video(file: UploadFile = File(...)) -> Response:
         """U-Net-SSeg: multipart `file` (MP4/AVI/MOV) -> ZIP with `video/original.mp4` and
         `video/predicted.mp4` (H.264, the overlay), plus per frame `frames/`, `pred_mask/`,
@@ -137,46 +203,18 @@ def build_legacy_app(get_state: Callable[[], ServingState], ui_dir: Path | None 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    @app.post("/upload", tags=["legacy"], response_class=Response)
-    async def upload(
-        file: UploadFile = File(...),
-        format: Literal["probability", "overlay", "color", "mask"] | None = Query(None),
-    ) -> Response:
-        """KITTI road server: multipart `file` -> the road probability as a grayscale JPEG at the
-        input's size (`?format=overlay|color` JPEG, `mask` PNG of class ids). A model with no
-        class named "road" answers the overlay by default."""
-        state = get_state()
-        data = await file.read()
-        image = await run_in_threadpool(
-            decode_image, data, state.limits, name=file.filename or "file"
-        )
-        if format != "mask" and max(image.shape[:2]) > JPEG_MAX_SIDE:  # answered as JPEG
-            raise InputError(
-                f"image is {image.shape[1]}x{image.shape[0]}; a JPEG answer allows at most "
-                f"{JPEG_MAX_SIDE} px a side (ask ?format=mask for a PNG)",
-                413,
-                "too_large_for_jpeg",
-            )
-        (pred,) = await state.infer([image])
-        fmt = format or ("probability" if pred.road_probability is not None else "overlay")
-        if fmt == "probability":
-            if pred.road_probability is None:
-                raise InputError("the served model has no 'road' class", 422, "no_road_class")
-            body = await run_in_threadpool(encode_image, pred.road_probability, "JPEG")
-        elif fmt == "mask":
-            return Response(
-                await run_in_threadpool(state.render, image, pred, "mask"), media_type="image/png"
-            )
-        else:
-            body = await run_in_threadpool(state.render, image, pred, fmt, "JPEG")
-        return Response(body, media_type="image/jpeg")
+    return router
 
-    @app.get("/health", tags=["info"])
+
+def info_routes(get_state: StateGetter) -> APIRouter:
+    router = APIRouter(tags=["info"])
+
+    @router.get("/health")
     async def health() -> dict[str, str]:
         """KITTI road server's health check (liveness; `/readyz` says whether the model is loaded)."""
         return {"status": "healthy"}
 
-    @app.get("/classes", tags=["info"])
+    @router.get("/classes")
     async def classes() -> list[dict[str, Any]]:
         """Class ids, names and colours of the served model."""
         spec = get_state().require_engine().spec
@@ -185,20 +223,26 @@ def build_legacy_app(get_state: Callable[[], ServingState], ui_dir: Path | None 
             for i, (n, c) in enumerate(zip(spec.class_names, spec.colors, strict=True))
         ]
 
-    @app.get("/metadata", tags=["info"])
+    @router.get("/metadata")
     async def metadata() -> dict[str, Any]:
         """Model name, version, run id, params hash, lineage and serving settings."""
         state = get_state()
         state.require_engine()
         return {**state.metadata, "model_version": state.version}
 
-    register_stream(app, get_state)  # GET /stream WebSocket (roadseg/stream.py)
+    return router
 
-    if ui_dir is not None and (ui_dir / "index.html").is_file():
-        from fastapi.staticfiles import StaticFiles
 
-        app.mount("/ui", StaticFiles(directory=ui_dir, html=True), name="ui")
-    return app
+async def infer_in_chunks(
+    state: ServingState, probes: list[Probe]
+) -> AsyncIterator[tuple[list[np.ndarray], list[Prediction]]]:
+    """Decode and infer a request's probed images one batch at a time: memory holds one batch
+    of decoded pixels, not the whole request (the budget was charged from the headers)."""
+    size = state.require_engine().max_batch_size
+    for k in range(0, len(probes), size):
+        chunk = probes[k : k + size]
+        images = await run_in_threadpool(lambda c=chunk: [p.decode(state.limits) for p in c])
+        yield images, await state.infer(images)
 
 
 async def _json_document(request: Request, limits: Limits) -> Any:
@@ -212,6 +256,12 @@ async def _json_document(request: Request, limits: Limits) -> Any:
         raw = await part.read()
     else:
         raw = await request.body()
+    return await run_in_threadpool(parse_json, raw)
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON; a 100k-deep nesting (RecursionError) or a 5000-digit integer (ValueError)
+    is a 400 like any other malformed body."""
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
@@ -219,29 +269,19 @@ async def _json_document(request: Request, limits: Limits) -> Any:
         raise InputError(f"body is not valid JSON ({detail})", 400, "bad_json") from None
 
 
-async def _read_files(files: list[UploadFile], limits: Limits) -> list[tuple[str, np.ndarray]]:
-    """Decode every part; the entry and byte budgets hold for the whole request, not per part."""
-    entries: list[tuple[str, np.ndarray]] = []
-    spent = 0
+async def _read_files(files: list[UploadFile], limits: Limits) -> list[Probe]:
+    """Probe every part (headers only); one budget holds for the whole request, not per part."""
+    budget = Budget(limits)
+    probes: list[Probe] = []
     for f in files:
-        left = dataclasses.replace(
-            limits,
-            max_zip_entries=limits.max_zip_entries - len(entries),
-            max_zip_uncompressed_bytes=limits.max_zip_uncompressed_bytes - spent,
-        )
-        if left.max_zip_entries <= 0:
+        if budget.images_left <= 0:
             raise InputError(
                 f"request holds more than {limits.max_zip_entries} images", 413, "too_many_images"
             )
         data = await f.read()
-        got = await run_in_threadpool(read_uploads, data, left, filename=f.filename or "image")
-        spent += sum(len(raw) for _, raw, _ in got)
-        if len(entries) + len(got) > limits.max_zip_entries:
-            raise InputError(
-                f"request holds more than {limits.max_zip_entries} images", 413, "too_many_images"
-            )
-        entries += [(name, image) for name, _, image in got]
-    return entries
+        name = safe_filename(f.filename, "image")
+        probes += await run_in_threadpool(probe_uploads, data, limits, budget, filename=name)
+    return probes
 
 
 def unique_stems(names: list[str]) -> list[str]:
@@ -262,67 +302,21 @@ def unique_stems(names: list[str]) -> list[str]:
     return out
 
 
-def zip_results(
-    state: ServingState, entries: list[tuple[str, np.ndarray]], preds: list[Prediction]
-) -> bytes:
+async def zip_results(state: ServingState, probes: list[Probe]) -> bytes:
     """`images/`, `pred_mask/`, `pred_color/` with one shared PNG name per input (the original
-    server's layout, which the Streamlit view page pairs by name)."""
+    server's layout, which the Streamlit view page pairs by name), written batch by batch."""
     colors = state.require_engine().spec.colors
+    stems = iter(unique_stems([p.name for p in probes]))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        stems = unique_stems([name for name, _ in entries])
-        for stem, (_, image), pred in zip(stems, entries, preds, strict=True):
-            zf.writestr(f"images/{stem}.png", encode_png(image))
-            zf.writestr(f"pred_mask/{stem}.png", encode_png(pred.mask))
-            zf.writestr(f"pred_color/{stem}.png", encode_png(colorize(pred.mask, colors)))
+        async for images, preds in infer_in_chunks(state, probes):
+
+            def write(images=images, preds=preds) -> None:
+                for image, pred in zip(images, preds, strict=True):
+                    stem = next(stems)
+                    zf.writestr(f"images/{stem}.png", encode_png(image))
+                    zf.writestr(f"pred_mask/{stem}.png", encode_png(pred.mask))
+                    zf.writestr(f"pred_color/{stem}.png", encode_png(colorize(pred.mask, colors)))
+
+            await run_in_threadpool(write)
     return buf.getvalue()
-
-
-async def segment_video(state: ServingState, file: UploadFile, tmp: Path) -> Response:
-    name = PurePosixPath((file.filename or "video.mp4").replace("\\", "/")).name
-    head = await file.read(16)
-    sniff_video(head, name)
-    src = tmp / f"upload{Path(name).suffix.lower() or '.mp4'}"
-    with src.open("wb") as out:
-        out.write(head)
-        while chunk := await file.read(1 << 20):
-            out.write(chunk)
-    engine = state.require_engine()
-    info, batches = await run_in_threadpool(read_video, src, state.limits, engine.max_batch_size)
-    colors = engine.spec.colors
-    original, predicted = tmp / "original.mp4", tmp / "predicted.mp4"
-    zip_path = tmp / "result.zip"
-    size, index = (info.width, info.height), 0
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as zf:
-        writers = await run_in_threadpool(
-            lambda: (VideoWriter(original, size, info.fps), VideoWriter(predicted, size, info.fps))
-        )
-        try:
-            while (frames := await run_in_threadpool(next, batches, None)) is not None:
-                preds = await state.infer(frames)
-
-                def write(frames=frames, preds=preds, start=index) -> None:
-                    for i, (frame, pred) in enumerate(zip(frames, preds, strict=True), start):
-                        zf.writestr(f"frames/frame_{i:05d}.png", encode_png(frame))
-                        zf.writestr(f"pred_mask/frame_{i:05d}.png", encode_png(pred.mask))
-                        zf.writestr(
-                            f"pred_color/frame_{i:05d}.png", encode_png(colorize(pred.mask, colors))
-                        )
-                        writers[0].write(frame)
-                        writers[1].write(overlay(frame, pred.mask, colors, state.overlay_alpha))
-
-                await run_in_threadpool(write)
-                index += len(frames)
-        finally:
-            await run_in_threadpool(lambda: [w.close() for w in writers])
-        if index == 0:
-            raise InputError("video holds no frames", 400, "corrupt_video")
-        # Exactly two .mp4 members: the Streamlit view page pairs them by the word "predicted".
-        zf.write(original, "video/original.mp4")
-        zf.write(predicted, "video/predicted.mp4")
-    return FileResponse(
-        zip_path,
-        media_type="application/zip",
-        filename="video_predictions.zip",
-        background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True),
-    )
