@@ -38,6 +38,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN mkdir roadseg && touch roadseg/__init__.py && pip install . && pip uninstall -y roadseg
 COPY roadseg ./roadseg
+# The pipeline DAG and its components: `roadseg pipeline compile|submit` in the image.
+COPY components ./components
+COPY pipelines ./pipelines
 COPY params.yaml ./
 # Editable, so the library's default params file (repository root = /app/params.yaml) resolves.
 RUN pip install --no-deps -e . && roadseg --help > /dev/null

@@ -15,9 +15,6 @@ never reuses a result across a changed dataset or remap.
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `components` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from kfp import compiler, dsl, kubernetes
 
 from components import (
@@ -30,9 +27,10 @@ from components import (
     train,
     validate_labels,
 )
+from roadseg.config import PipelineParams
 
 PIPELINE_NAME = "roadseg-training"
-DEFAULT_LOSSES = ["wce", "ohem", "dice", "dice_ce"]
+DEFAULT_LOSSES = list(PipelineParams().loss_variants)  # params.yaml's default, from one home
 IR_PATH = Path(__file__).with_suffix(".yaml")
 
 # Names shared with the Kubernetes manifests (k8s/base/pipeline/).
@@ -155,7 +153,9 @@ def training_pipeline(
 
 
 def compile_pipeline(package_path: str | Path = IR_PATH) -> Path:
-    """Write the pipeline IR (YAML) to `package_path`."""
+    """Write the pipeline IR (YAML) to `package_path` (its folder created); `roadseg pipeline
+    compile` calls this."""
+    Path(package_path).parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(training_pipeline, package_path=str(package_path))
     return Path(package_path)
 

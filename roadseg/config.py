@@ -10,13 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+
+# The one list of loss and model names: params validation, the CLI's help, the pipeline's default
+# variants and `roadseg.losses.LOSSES` / `roadseg.models` (checked by tests) all follow these.
+LossName = Literal["wce", "ohem", "dice", "dice_ce", "iou"]
+LOSS_NAMES: tuple[str, ...] = get_args(LossName)
+ModelName = Literal["unet", "baseline"]
+MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 
 
 class ParamsError(ValueError):
@@ -114,13 +121,13 @@ class AugmentParams(_Frozen):
 
 
 class ModelParams(_Frozen):
-    name: Literal["unet", "baseline"] = "unet"
+    name: ModelName = "unet"
     base_channels: int = Field(16, ge=1)
     in_channels: int = Field(3, ge=1)
 
 
 class LossParams(_Frozen):
-    name: Literal["wce", "ohem", "dice", "dice_ce", "iou"] = "dice_ce"
+    name: LossName = "dice_ce"
     ohem_top_k: float = Field(0.25, gt=0.0, le=1.0)
     dice_weight: float = Field(0.5, ge=0.0)
     ce_weight: float = Field(0.5, ge=0.0)
@@ -198,15 +205,15 @@ class DriftParams(_Frozen):
 
 
 class PipelineParams(_Frozen):
-    loss_variants: tuple[Literal["wce", "ohem", "dice", "dice_ce", "iou"], ...] = (
+    loss_variants: tuple[LossName, ...] = (
         "wce",
         "ohem",
         "dice",
         "dice_ce",
     )
     # KITTI Road is binary: the IoU loss (the original project's) by default.
-    kitti_loss_variants: tuple[Literal["wce", "ohem", "dice", "dice_ce", "iou"], ...] = ("iou",)
-    host: str | None = None
+    kitti_loss_variants: tuple[LossName, ...] = ("iou",)
+    host: str | None = None  # Kubeflow Pipelines endpoint: `roadseg pipeline submit` without --host
 
     def variants_for(self, dataset: str) -> tuple[str, ...]:
         """The loss variants a pipeline run of `data.dataset` trains by default."""
@@ -214,7 +221,6 @@ class PipelineParams(_Frozen):
 
 
 class PackageParams(_Frozen):
-    export_dir: str = "artifacts/bento"  # where the .bento archive is written
     log_archive: bool = True  # also store it in the version's MLflow run (the image build reads it)
 
 

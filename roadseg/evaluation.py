@@ -187,6 +187,52 @@ def log_scores(
         client.log_inputs(run_id, [entry])
 
 
+def evaluate_source(
+    data_dir: Path,
+    params: Params,
+    split: str,
+    *,
+    tracking_uri: str,
+    model_uri: str | None = None,
+    pred_dir: Path | None = None,
+    save_preds: Path | None = None,
+    run_id: str | None = None,
+) -> tuple[dict[str, Any], str | None]:
+    """What `roadseg evaluate` does: score a model (any URI `roadseg.modelio.load_model` reads)
+    or a directory of prediction masks on `split`, then log the scores to `run_id` (default: the
+    model's own run; none for masks without `run_id`).
+
+    Returns:
+        The scores, and one line saying which MLflow run they were logged to, or why not (a
+        tracking failure never loses the scores); None when nothing was to be logged.
+
+    Raises:
+        ValueError: not exactly one of `model_uri` and `pred_dir`, or a bad model or mask.
+        FileNotFoundError: a missing split, model or mask.
+    """
+    if (model_uri is None) == (pred_dir is None):
+        raise ValueError("give exactly one of --model-uri and --pred-dir")
+    if model_uri:
+        import mlflow
+
+        from roadseg.modelio import load_model
+
+        mlflow.set_tracking_uri(tracking_uri)  # load_model resolves models:/ URIs with it
+        model, spec, info = load_model(model_uri)
+        scores = evaluate_model(model, spec, data_dir, params, split, pred_dir=save_preds)
+        run_id = run_id or info.get("run_id")
+    else:
+        scores = evaluate_predictions(pred_dir, data_dir, params, split)
+    if not run_id:
+        return scores, None
+    try:
+        log_scores(scores, run_id, tracking_uri, prefix=f"eval_{split}", data_dir=data_dir,
+                   dataset=params.data.dataset)  # fmt: skip
+    except Exception as e:  # the scores are printed and written anyway
+        return scores, f"warning: could not log to MLflow run {run_id}: {e}"
+    return scores, f"logged to MLflow run {run_id}"
+
+
 def confusion_figure(cm: Sequence[Sequence[int]], names: Sequence[str]) -> Any:
     """Row-normalised confusion matrix (rows = truth) as a matplotlib figure (Agg backend)."""
     import matplotlib

@@ -22,9 +22,11 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from roadseg.config import Params
+
 SCORE_COLUMNS = (
     ("Pixel Accuracy", "pixel_accuracy"),
     ("Mean Accuracy", "mean_accuracy"),
@@ -40,21 +42,17 @@ class PipelineFailed(RuntimeError):
 
 
 def import_pipeline() -> ModuleType:
-    """`pipelines.training_pipeline` from the source tree this package was installed from."""
-    if not (REPO / "pipelines/training_pipeline.py").is_file():
+    """`pipelines.training_pipeline`, installed with this package from the source tree (its
+    `compile_pipeline` writes the IR)."""
+    try:
+        return importlib.import_module("pipelines.training_pipeline")
+    except ModuleNotFoundError as e:
+        if e.name not in ("pipelines", "pipelines.training_pipeline", "components"):
+            raise
         raise FileNotFoundError(
-            f"pipelines/training_pipeline.py not found under {REPO}: the pipeline commands need "
-            "a source checkout (pip install -e .)"
-        )
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module("pipelines.training_pipeline")
-
-
-def compile_pipeline(out: str | Path) -> Path:
-    """Compile the pipeline IR (YAML) to `out`."""
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    return import_pipeline().compile_pipeline(out)
+            "pipelines/training_pipeline.py is not importable: the pipeline commands need a "
+            "source checkout installed with `pip install -e .`"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -103,11 +101,11 @@ class _TaskLog(io.TextIOBase):
 
 
 def run_local(
+    params: Params,
     *,
     params_file: str | Path | None,
     overrides: Sequence[str],
     loss_variants: Sequence[str],
-    model: str,
     tracking_uri: str,
     work_dir: str | Path,
     data_dir: str | Path | None = None,
@@ -117,13 +115,23 @@ def run_local(
     """Run the whole pipeline with `kfp.local` (SubprocessRunner, this venv); return the
     registration result (with every variant's scores in `candidates`).
 
+    `params` are those of `params_file` with `overrides` (the tasks load the same). A new
+    experiment in a SQLite store gets its artifacts beside the store (`mlartifacts/`), at an
+    absolute path since the tasks run as subprocesses.
+
     Task output goes to `work_dir/pipeline.log`; task status and epoch lines also to stderr.
     Raises `PipelineFailed` naming the failed task.
     """
     from kfp import local
 
+    from roadseg.tracking import experiment_name
+
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if tracking_uri.startswith("sqlite:///"):  # artifacts beside the store: mlartifacts/
+        store = Path(tracking_uri.removeprefix("sqlite:///"))
+        name = experiment_name(params.data.dataset, params.train.experiment)
+        ensure_experiment(tracking_uri, name, store.resolve().parent / "mlartifacts")
     log_path = work / "pipeline.log"
     module = import_pipeline()
     local.init(
@@ -141,7 +149,7 @@ def run_local(
     }
     arguments = {
         "loss_variants": list(loss_variants),
-        "model": model,
+        "model": params.model.name,
         "synthetic": data_dir is None,
         "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
         "params_file": str(Path(params_file).resolve()) if params_file else "",

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,35 @@ def remap_step(src: str | Path, out: str | Path, params: Params) -> dict[str, An
                          workers=params.data.num_workers, progress=False)  # fmt: skip
 
 
+def data_steps(params: Params, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """The data half of the pipeline on the defaults, as `roadseg demo` runs it: synthesise into
+    `synth.out_dir`, validate into `validate.report_dir`, remap into `data.remapped_dir`.
+
+    Returns:
+        `synth` (`synthesize_dataset`'s summary), `validation` (the `ValidationResult`) and
+        `remap` (`remap_dataset`'s summary).
+
+    Raises:
+        ValidationFailed: the synthetic data broke a label rule (names the violations).
+        DatasetError, ValueError, OSError: unusable input or output directories.
+    """
+    from roadseg.data.synth import synthesize_dataset
+
+    s, src, out = params.synth, Path(params.synth.out_dir), Path(params.data.remapped_dir)
+    echo(f"1/3 synth → {src}")
+    made = synthesize_dataset(src, train=s.train, val=s.val, test=s.test, height=s.height,
+                              width=s.width, seed=s.seed,
+                              palette=[c.color for c in params.data.source_classes])  # fmt: skip
+    echo(f"2/3 validate → {params.validate_.report_dir}")
+    checked = validate_step(src, params, params.validate_.report_dir)
+    echo(f"3/3 remap → {out}")
+    from roadseg.data.remap import remap_dataset
+
+    remapped = remap_dataset(src, out, params.data, link_images=params.remap.link_images,
+                             workers=params.data.num_workers)  # fmt: skip
+    return {"synth": made, "validation": checked, "remap": remapped}
+
+
 def train_step(
     data_dir: str | Path,
     params: Params,
@@ -248,6 +277,24 @@ def register_step(
         tags=tags,
     )
     return out
+
+
+def register_trained(
+    train_dir: str | Path,
+    eval_dir: str | Path | None,
+    data_dir: str | Path,
+    params: Params,
+    *,
+    tracking_uri: str,
+) -> dict[str, Any]:
+    """`roadseg register` (the DVC route): the candidates of `collect_candidates`, registered
+    by `register_step` with this checkout's lineage tags (`pipeline_run_id` = `local`)."""
+    from roadseg.tracking import dataset_version, git_commit
+
+    tags = {"dataset_version": dataset_version(Path(data_dir)), "params_hash": params.digest(),
+            "git_commit": git_commit() or "unknown", "pipeline_run_id": "local"}  # fmt: skip
+    candidates = collect_candidates(train_dir, eval_dir)
+    return register_step(candidates, data_dir, params, tracking_uri=tracking_uri, tags=tags)
 
 
 def collect_candidates(train_dir: str | Path, eval_dir: str | Path | None = None) -> list[dict]:

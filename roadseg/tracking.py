@@ -2,7 +2,8 @@
 survives its tracking server going away.
 
 The tracking URI is read from `MLFLOW_TRACKING_URI` by the entry points (CLI, components) and
-passed in; the default is `sqlite:///mlruns.db` in the working directory, so nothing needs a server.
+passed in (`resolve_tracking_uri`); the default is `mlruns.db` in the working directory, so
+nothing needs a server.
 
 `TrackedRun` wraps every logging call in a few retries. When they are exhausted (server down, or
 gone mid-run) it says so once, switches to a local SQLite store (`<fallback_dir>/mlruns.db`),
@@ -25,16 +26,24 @@ from typing import Any
 
 import yaml
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_STORE = "mlruns.db"  # the SQLite store when no URI is given, in the working directory
 # MLflow 3 opens an experiment on its GenAI pages unless it is marked as model training.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 CONTEXT_TAG = "mlflow.data.context"
 
 
-def resolve_tracking_uri(value: str | None) -> str:
-    """The given URI (e.g. the `MLFLOW_TRACKING_URI` value) or the local SQLite default."""
-    return value.strip() if value and value.strip() else DEFAULT_TRACKING_URI
+def resolve_tracking_uri(*candidates: str | None) -> str:
+    """The first non-blank candidate, else `./mlruns.db` as an absolute SQLite URI.
+
+    Entry points pass, in this order, their `--tracking-uri` flag (if they have one) and the
+    `MLFLOW_TRACKING_URI` value. The default is absolute so subprocesses started elsewhere (the
+    tasks of a local pipeline run) write to the same store.
+    """
+    for value in candidates:
+        if value and value.strip():
+            return value.strip()
+    return f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
 
 
 def experiment_name(dataset: str, configured: str | None = None) -> str:

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,10 @@ from roadseg import tracking
 from roadseg.config import Params
 from roadseg.data.dataset import build_dataset, build_loader, class_stats, image_stats, list_split
 from roadseg.evaluation import confusion_figure, flat_scores, sample_grid
+from roadseg.losses import WEIGHTED_LOSSES, build_loss
 from roadseg.metrics import ConfusionMatrix
 from roadseg.modelio import build_from_spec, load_checkpoint, log_model, save_checkpoint, unwrap
 from roadseg.serving import ModelSpec
-
-WEIGHTED_LOSSES = ("wce", "dice_ce")
 
 
 @dataclass
@@ -52,6 +51,12 @@ class TrainResult:
     tracking_uri: str | None = None
     fell_back: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (`roadseg train --json`): the best scores without the confusion matrix."""
+        out = asdict(self) | {"checkpoint_dir": str(self.checkpoint_dir)}
+        out["best_val"] = {k: v for k, v in self.best_val.items() if k != "confusion_matrix"}
+        return out
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -367,8 +372,6 @@ def train_model(
 
 
 def build_loss_for(params: Params, weights: torch.Tensor | None) -> torch.nn.Module:
-    from roadseg.losses import build_loss
-
     return build_loss(params.loss, num_classes=params.data.num_classes,
                       ignore_index=params.data.ignore_index, class_weights=weights)  # fmt: skip
 

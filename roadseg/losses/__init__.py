@@ -21,6 +21,7 @@ from roadseg.losses.wce import WeightedCrossEntropyLoss
 
 __all__ = [
     "LOSSES",
+    "WEIGHTED_LOSSES",
     "DiceCELoss",
     "DiceLoss",
     "IoULoss",
@@ -66,6 +67,7 @@ def _iou(p: _LossParams, num_classes: int, ignore: int, w: torch.Tensor | None) 
     return IoULoss(p.smooth, ignore, classes=[1] if num_classes == 2 else None)
 
 
+# Names as in `roadseg.config.LossName` (the one list; a test keeps the two equal).
 LOSSES: dict[str, Any] = {
     "wce": _wce,
     "ohem": _ohem,
@@ -73,6 +75,10 @@ LOSSES: dict[str, Any] = {
     "dice_ce": _dice_ce,
     "iou": _iou,
 }
+
+
+# The losses that take class weights (`class_stats.json`): training computes them only for these.
+WEIGHTED_LOSSES = ("wce", "dice_ce")
 
 
 def build_loss(

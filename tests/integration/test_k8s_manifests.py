@@ -530,8 +530,10 @@ def test_drift_cronjob_command_is_accepted_by_the_cli(rendered) -> None:
         == f"http://pushgateway:{_find(docs, 'Service', 'pushgateway')['spec']['ports'][0]['port']}"
     )
     assert ctx.params["reference"] == "<ROADSEG_MODEL_URI>"  # from roadseg-service-config
-    cli_source = (REPO / "roadseg/cli.py").read_text()
-    assert 'job="roadseg-drift"' in cli_source
+    from roadseg.drift import PUSHGATEWAY_JOB  # the job `roadseg drift --pushgateway` pushes as
+
+    groups = _find(docs, "PrometheusRule", "roadseg")["spec"]["groups"]
+    assert any(f'job="{PUSHGATEWAY_JOB}"' in r["expr"] for g in groups for r in g["rules"])
 
 
 def test_ingress_body_limit_matches_the_service(rendered, params) -> None:
@@ -576,7 +578,6 @@ def pipeline_ir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The pipeline compiled now from pipelines/training_pipeline.py (its platform spec part)."""
     out = tmp_path_factory.mktemp("ir") / "pipeline.yaml"
     code = (
-        "import sys; sys.path.insert(0, '.')\n"
         "from kfp import compiler\n"
         "from pipelines.training_pipeline import training_pipeline\n"
         f"compiler.Compiler().compile(training_pipeline, {str(out)!r})\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from roadseg.pipeline import compile_pipeline
+from pipelines.training_pipeline import compile_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "pipelines/training_pipeline.yaml"

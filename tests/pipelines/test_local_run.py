@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from roadseg.config import load_params
 from roadseg.pipeline import PipelineFailed, ensure_experiment, run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -36,8 +37,8 @@ NAME = "roadseg-unet"
 
 
 def _run(tmp: Path, uri: str, losses: list[str], **kw: object) -> dict:
-    return run_local(params_file=None, overrides=TINY, loss_variants=losses, model="unet",
-                     tracking_uri=uri, work_dir=tmp / "work", **kw)  # fmt: skip
+    return run_local(load_params(None, TINY), params_file=None, overrides=TINY,
+                     loss_variants=losses, tracking_uri=uri, work_dir=tmp / "work", **kw)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

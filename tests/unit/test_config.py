@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -61,3 +63,45 @@ def test_malformed_override_and_missing_file(tmp_path):
         load_params(overrides=["train.epochs"])
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_loss_and_model_names_have_one_home():
+    """`roadseg.config.LossName` / `ModelName` are the lists; the factories, the pipeline's default
+    variants and params.yaml agree with them."""
+    from pipelines.training_pipeline import DEFAULT_LOSSES
+    from roadseg.config import LOSS_NAMES, MODEL_NAMES, PipelineParams
+    from roadseg.losses import LOSSES, WEIGHTED_LOSSES
+    from roadseg.models import MODELS
+
+    assert tuple(LOSSES) == LOSS_NAMES
+    assert set(WEIGHTED_LOSSES) <= set(LOSS_NAMES)
+    assert tuple(MODELS) == MODEL_NAMES
+    assert (
+        DEFAULT_LOSSES
+        == list(PipelineParams().loss_variants)
+        == list(load_params().pipeline.loss_variants)
+    )
+
+
+def test_every_params_key_is_read_somewhere():
+    """A key of params.yaml that no code reads is a fact with no home (pipeline.host was one).
+
+    Read means: an attribute (`p.train.lr`, `tp.lr`) or a quoted name (`getattr(p, "lr")`) in the
+    code (benchmarks included), or named in dvc.yaml (`${train.lr}`, a stage's params list).
+    """
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    code = "\n".join(
+        p.read_text()
+        for pkg in ("roadseg", "bento", "components", "pipelines", "benchmarks")
+        for p in (repo / pkg).rglob("*.py")
+    )
+    dvc = (repo / "dvc.yaml").read_text()
+    unread = [
+        f"{section}.{key}"
+        for section, values in load_params().to_dict().items()
+        for key in values
+        if not re.search(rf"[.\"']{key}\b", code) and f"{section}.{key}" not in dvc
+    ]
+    assert not unread, f"params.yaml keys read by nothing: {unread}"

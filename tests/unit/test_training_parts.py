@@ -93,6 +93,6 @@ def test_dataset_version_prefers_dvc_md5(tmp_path: Path) -> None:
 
 
 def test_tracking_uri_default() -> None:
-    assert resolve_tracking_uri(None) == "sqlite:///mlruns.db"
-    assert resolve_tracking_uri(" ") == "sqlite:///mlruns.db"
+    assert resolve_tracking_uri(None) == f"sqlite:///{Path('mlruns.db').resolve()}"
+    assert resolve_tracking_uri(" ", None) == resolve_tracking_uri()
     assert resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"

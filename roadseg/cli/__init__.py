@@ -1,0 +1,20 @@
+"""The single entry point: `roadseg <command>`. DVC stages, KFP components and the Makefile call it.
+
+Every command takes `--params FILE` and repeated `--set dotted.key=value` overrides, and stays a
+few lines: load params, call one library function, report. One module per command group:
+
+| module | commands |
+|---|---|
+| `data` | `data import/synth/validate/remap`, `demo`, `params` |
+| `train` | `train`, `evaluate` |
+| `pipeline` | `pipeline compile/run/submit`, `register`, `runs compare` |
+| `serve` | `serve`, `stream`, `package`, `build-context`, `lineage` |
+| `drift` | `drift` |
+
+Shared options and helpers are in `common`.
+"""
+
+from roadseg.cli import data, drift, pipeline, serve, train  # noqa: F401  (registers the commands)
+from roadseg.cli.common import app
+
+__all__ = ["app"]
