@@ -175,8 +175,10 @@ def train_step(
 
     from roadseg.training import train_model
 
-    result = train_model(params, Path(data_dir), tracking_uri=tracking_uri,
-                         run_name=params.loss.name, progress=False)  # fmt: skip
+    variant = params.loss.name
+    # Variants train in parallel in a local run and their lines interleave: say whose each is.
+    result = train_model(params, Path(data_dir), tracking_uri=tracking_uri, run_name=variant,
+                         progress=False, echo=lambda line: print(f"[{variant}] {line}", flush=True))  # fmt: skip
     if result.run_id is None or result.model_uri is None:
         raise RuntimeError(f"training {params.loss.name} logged no model (run {result.run_id})")
     if result.fell_back:

@@ -58,6 +58,28 @@ def test_resume_after_a_kill_matches_an_unbroken_run(tiny_data: Path, tmp_path: 
     assert resumed.best_val["miou"] == full.best_val["miou"]
 
 
+def test_resume_continues_the_same_mlflow_run(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """`--resume` logs into the run the interrupted training started: same run id, and the metric
+    steps follow on (1 before the kill, 2 and 3 after), with the final model logged once."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    p = tiny_params(tmp_path / "ck")
+    first = train_model(p, tiny_data, tracking_uri=uri, progress=False, max_epochs_this_run=1)
+    client = MlflowClient(uri)
+    assert client.get_run(first.run_id).info.status == "KILLED" and first.model_uri is None
+    assert load_checkpoint(tmp_path / "ck/last.pt")["run_id"] == first.run_id
+    resumed = train_model(p, tiny_data, resume=True, tracking_uri=uri, progress=False)
+    assert resumed.run_id == first.run_id and resumed.epochs_run == 3
+    for key in ("train_loss", "val_miou", "lr"):
+        assert [m.step for m in client.get_metric_history(first.run_id, key)] == [1, 2, 3], key
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and resumed.model_uri is not None
+    experiment = client.get_experiment_by_name("bdd100k").experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [first.run_id]
+
+
 def test_model_and_pred_dir_evaluation_agree(tiny_data: Path, tmp_path: Path) -> None:
     p = tiny_params(tmp_path / "ck", "train.epochs=1")
     train_model(p, tiny_data, tracking_uri=None, progress=False)

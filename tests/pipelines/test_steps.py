@@ -47,3 +47,23 @@ def test_fetch_dataset_links_a_local_copy_and_digests_it(tmp_path: Path, params)
         fetch_dataset(tmp_path / "none", params)
     with pytest.raises(ValueError, match="data_repo"):
         fetch_dataset(tmp_path / "none", params, data_rev="v1")
+
+
+def test_train_step_prefixes_its_lines_with_the_variant(monkeypatch, capsys) -> None:
+    """Two variants of a local run train at once; each line says which one it belongs to, and
+    the local run's log filter (`_TaskLog`) still passes the epoch lines on."""
+    import roadseg.training
+    from roadseg.config import load_params
+    from roadseg.pipeline import _TaskLog
+    from roadseg.steps import train_step
+
+    def fake_train_model(params, data_dir, *, echo, **kw):
+        echo("epoch 1/2: train loss 1.0000  val mIoU 0.1000  best 0.1000 (epoch 1)")
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(roadseg.training, "train_model", fake_train_model)
+    with pytest.raises(RuntimeError, match="stop"):
+        train_step("data", load_params(None, ["loss.name=ohem"]), tracking_uri="sqlite://")
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[ohem] epoch 1/2:")
+    assert _TaskLog.KEEP.search(line)
