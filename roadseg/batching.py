@@ -1,9 +1,11 @@
 """Adaptive batching of concurrent requests onto one model (the serving hot path).
 
-Every endpoint submits its images to one `InferenceEngine`; a single worker takes whatever is
-queued (up to `max_batch_size` images, waiting at most `max_wait_ms` for more once the first
-arrives) and runs `roadseg.serving.predict` on it in one thread. While a batch runs, new
-requests queue up, so the batch size adapts to the load with no added latency when idle.
+Every endpoint submits its images to one `InferenceEngine`; a single worker takes what is queued
+(up to `max_batch_size` images, waiting at most `max_wait_ms` for more once the first arrives)
+and runs `roadseg.serving.predict` on it in one thread. While a batch runs, new requests queue
+up, so the batch size adapts to the load with no added latency when idle. Batches are filled
+round robin, one image per waiting request in turn, so a 256-image ZIP cannot starve the
+single-image requests that arrive behind it.
 We batch here rather than with a `@bentoml.api(batchable=True)` method because BentoML only
 batches calls that arrive through its own HTTP routes, and the legacy multipart/ZIP/video
 endpoints live on a mounted FastAPI app; one queue serves them all.
@@ -12,7 +14,9 @@ endpoints live on a mounted FastAPI app; one queue serves them all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,7 +52,9 @@ class InferenceEngine:
         self.max_wait = max_wait_ms / 1000.0
         self.observer = observer
         self.ready = False
-        self._queue: asyncio.Queue | None = None
+        # Requests with images still to infer, in turn order: one deque of (image, future) each.
+        self._requests: deque[deque] = deque()
+        self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         # One inference thread: the model is not re-entrant-safe on every backend and torch
         # already parallelises inside an op.
@@ -81,8 +87,8 @@ class InferenceEngine:
         self._ensure_worker()
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in images]
-        for im, fut in zip(images, futures, strict=True):
-            await self._queue.put((im, fut))
+        self._requests.append(deque(zip(images, futures, strict=True)))
+        self._arrived.set()
         try:
             return list(await asyncio.gather(*futures))
         except BaseException:
@@ -94,26 +100,40 @@ class InferenceEngine:
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
-            self._queue = asyncio.Queue()
+            self._requests = deque()
+            self._arrived = asyncio.Event()
             self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    def _take(self, n: int) -> list:
+        """Up to n queued images, one per waiting request in turn (round robin), so a request of
+        many images shares every batch with the requests that arrived after it instead of
+        holding the model until it is done. Cancelled images are dropped here."""
+        items: list = []
+        while self._requests and len(items) < n:
+            pending = self._requests.popleft()
+            while pending and pending[0][1].done():
+                pending.popleft()
+            if pending:
+                items.append(pending.popleft())
+            if pending:
+                self._requests.append(pending)
+        return items
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        queue = self._queue
         while True:
-            items = [await queue.get()]
+            while not self._requests:
+                self._arrived.clear()
+                await self._arrived.wait()
+            items = self._take(self.max_batch_size)
             deadline = loop.time() + self.max_wait
-            while len(items) < self.max_batch_size:
-                try:
-                    items.append(queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        items.append(await asyncio.wait_for(queue.get(), remaining))
-                    except TimeoutError:
-                        break
+            # A short wait for more images once the first is in: batches grow with the load,
+            # and an idle service adds at most max_wait to a request's latency.
+            while len(items) < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                items += self._take(self.max_batch_size - len(items))
             live = [(im, fut) for im, fut in items if not fut.done()]  # drop cancelled requests
             if live:
                 await self._run_batch(loop, live)

@@ -1,8 +1,11 @@
-"""The batching queue: one failing image fails only its own request; cancelled work is skipped."""
+"""The batching queue: one failing image fails only its own request; cancelled work is skipped;
+batches are filled round robin, so a large request cannot starve a small one."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 
 import numpy as np
 import pytest
@@ -82,3 +85,58 @@ def test_cancelled_request_is_never_computed():
     assert pred.mask.shape == (3, 5)
     seen = [v for batch in model.seen for v in batch]
     assert seen == [pytest.approx(-5.0)]  # only the kept image reached the model
+
+
+class Slow(Probe):
+    """The probe, taking 2 ms per batch (a model's forward pass)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.002)
+        return super().forward(x)
+
+
+def test_a_large_request_does_not_starve_a_single_image():
+    """A single image submitted after a 200-image request rides in the next batch (round
+    robin), so it is answered long before the large request."""
+    model = Slow()
+    engine = InferenceEngine(model, SPEC, {}, max_batch_size=8, max_wait_ms=1)
+    done: dict[str, float] = {}
+
+    async def timed(name: str, images: list) -> None:
+        await engine.predict(images)
+        done[name] = time.perf_counter()
+
+    async def run():
+        big = asyncio.create_task(timed("big", [image(GOOD)] * 200))
+        await asyncio.sleep(0.01)  # the big request is being served
+        await timed("single", [image(MARKED)])
+        await big
+
+    start = time.perf_counter()
+    asyncio.run(run())
+    batches_before = next(i for i, b in enumerate(model.seen) if max(b) > -1)
+    assert batches_before <= 6  # ~1 batch per 2 ms of the 10 ms head start, then the single
+    assert len(model.seen) >= 25  # the big request took 25 batches or more
+    assert done["single"] - start < (done["big"] - start) / 2
+
+
+def test_round_robin_interleaves_requests_and_skips_cancelled():
+    engine = InferenceEngine(Probe(), SPEC, {}, max_batch_size=4)
+
+    async def run():
+        engine._ensure_worker()
+        loop = asyncio.get_running_loop()
+        a = [loop.create_future() for _ in range(3)]
+        b = [loop.create_future() for _ in range(2)]
+        c = [loop.create_future()]
+        for futs, tag in ((a, "a"), (b, "b"), (c, "c")):
+            engine._requests.append(deque((f"{tag}{i}", f) for i, f in enumerate(futs)))
+        b[0].cancel()
+        first = [im for im, _ in engine._take(4)]
+        second = [im for im, _ in engine._take(4)]
+        engine._worker.cancel()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first == ["a0", "b1", "c0", "a1"]
+    assert second == ["a2"]
