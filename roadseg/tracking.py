@@ -5,8 +5,10 @@ The tracking URI is read from `MLFLOW_TRACKING_URI` by the entry points (CLI, co
 passed in (`resolve_tracking_uri`); the default is `mlruns.db` in the working directory, so
 nothing needs a server.
 
-`TrackedRun` wraps every logging call in a few retries. When they are exhausted (server down, or
-gone mid-run) it says so once, switches to a local SQLite store (`<fallback_dir>/mlruns.db`),
+`TrackedRun` makes every logging call once: MLflow's HTTP client already retries connection
+errors, read errors and 429/5xx answers with backoff (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, shortened
+by `configure_http` so a dead server is noticed in seconds). When a call still fails (server down,
+or gone mid-run) it says so once, switches to a local SQLite store (`<fallback_dir>/mlruns.db`),
 replays what it had already logged into a new run there, and carries on: training never stops
 because of tracking, and checkpoints are written independently of it. Inspect or copy the
 fallback run later with `mlflow ui --backend-store-uri sqlite:///<fallback_dir>/mlruns.db`.
@@ -18,7 +20,6 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -150,6 +151,33 @@ def configure_http(max_retries: int = 2, timeout_s: int = 10) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
+def forget_active_run(run_id: str | None) -> None:
+    """Drop the fluent API's active run (and stop its system-metrics thread) without contacting
+    its tracking server, which may be gone: `mlflow.end_run()` would try to set its status there.
+
+    The one place that touches MLflow private internals: `mlflow.tracking.fluent`'s
+    `_active_run_stack` and `run_id_to_system_metrics_monitor` (MLflow 3.x).
+    `tests/unit/test_training_parts.py::test_forget_active_run_*` fails when an upgrade changes them.
+
+    Raises:
+        RuntimeError: MLflow no longer has these internals (naming the version).
+    """
+    import mlflow
+    from mlflow.tracking import fluent
+
+    try:
+        monitors = fluent.run_id_to_system_metrics_monitor
+        stack = fluent._active_run_stack.get()
+    except AttributeError as e:
+        raise RuntimeError(
+            f"MLflow {mlflow.__version__} changed the fluent run internals that "
+            f"roadseg.tracking.forget_active_run uses ({e})"
+        ) from e
+    if run_id in monitors:
+        monitors.pop(run_id).finish()
+    stack.clear()
+
+
 class TrackedRun:
     """One MLflow run (the fluent active run, so `mlflow.pytorch.log_model` logs into it).
 
@@ -171,8 +199,6 @@ class TrackedRun:
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
         system_metrics: bool = True,
-        retries: int = 3,
-        backoff_s: float = 0.5,
         echo: Callable[[str], None] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
@@ -181,8 +207,6 @@ class TrackedRun:
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.system_metrics = system_metrics
-        self.retries = retries
-        self.backoff_s = backoff_s
         self.echo = echo or (lambda msg: warnings.warn(msg, stacklevel=3))
         self.fell_back = False
         self.run_id: str | None = None
@@ -195,7 +219,7 @@ class TrackedRun:
     def start(self) -> str:
         configure_http()
         try:
-            self._retry(self._start_remote)
+            self._start_remote()
         except Exception as e:
             self._fall_back(e)
         return self.run_id  # type: ignore[return-value]
@@ -226,7 +250,7 @@ class TrackedRun:
         import mlflow
 
         try:
-            self._retry(lambda: mlflow.end_run(status=status))
+            mlflow.end_run(status=status)
         except Exception as e:
             self.echo(f"MLflow: could not close run {self.run_id} ({e}); its logs are kept")
 
@@ -270,45 +294,30 @@ class TrackedRun:
         self.call(lambda: mlflow.set_tags(tags))
 
     def call(self, fn: Callable[[], Any]) -> Any:
-        """Run one logging call with retries; on failure fall back once and retry it there.
+        """Run one logging call (MLflow retries its own HTTP requests); on failure fall back once
+        and make the call again there.
 
         Returns the call's result, or None when even the local store failed (logged, ignored).
         """
         try:
-            return self._retry(fn)
+            return fn()
         except Exception as e:
             if self.fell_back:
                 self.echo(f"MLflow: logging failed on the local fallback store too ({e}); skipped")
                 return None
             self._fall_back(e)
             try:
-                return self._retry(fn)
+                return fn()
             except Exception as e2:
                 self.echo(f"MLflow: logging failed on the local fallback store ({e2}); skipped")
                 return None
 
     # -- internals ---------------------------------------------------------------------------
-    def _retry(self, fn: Callable[[], Any]) -> Any:
-        for attempt in range(self.retries):
-            try:
-                return fn()
-            except Exception:
-                if attempt == self.retries - 1:
-                    raise
-                time.sleep(self.backoff_s * 2**attempt)
-        return None
-
     def _fall_back(self, error: Exception) -> None:
         import mlflow
-        from mlflow.tracking import fluent
 
         original, original_id = self.tracking_uri, self.run_id
-        # Stop the system-metrics thread and drop the dead run without contacting its server.
-        if original_id in getattr(fluent, "run_id_to_system_metrics_monitor", {}):
-            fluent.run_id_to_system_metrics_monitor.pop(original_id).finish()
-        stack = fluent._active_run_stack.get()
-        while stack:
-            stack.pop()
+        forget_active_run(original_id)
         self.fallback_dir.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = f"sqlite:///{(self.fallback_dir / 'mlruns.db').resolve()}"
         self.fell_back = True

@@ -96,3 +96,59 @@ def test_tracking_uri_default() -> None:
     assert resolve_tracking_uri(None) == f"sqlite:///{Path('mlruns.db').resolve()}"
     assert resolve_tracking_uri(" ", None) == resolve_tracking_uri()
     assert resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+
+
+def test_forget_active_run_relies_on_mlflow_internals_that_still_exist(tmp_path: Path) -> None:
+    """`roadseg.tracking.forget_active_run` is the only code touching MLflow private internals
+    (the fluent active-run stack and system-metrics monitors). If an MLflow upgrade renames or
+    reshapes them, this fails here, loudly, instead of the fallback silently keeping a dead run."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    from roadseg.tracking import forget_active_run
+
+    assert isinstance(fluent.run_id_to_system_metrics_monitor, dict)
+    assert isinstance(fluent._active_run_stack.get(), list)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    try:
+        run = mlflow.start_run(log_system_metrics=True)
+        run_id = run.info.run_id
+        assert run_id in fluent.run_id_to_system_metrics_monitor
+        forget_active_run(run_id)
+        assert mlflow.active_run() is None
+        assert run_id not in fluent.run_id_to_system_metrics_monitor
+        # and a new run can start: nothing of the forgotten one is left in the fluent state
+        with mlflow.start_run() as second:
+            assert second.info.run_id != run_id
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+
+
+def test_tracked_run_makes_each_call_once_then_falls_back(tmp_path: Path) -> None:
+    """No retry loop stacked on MLflow's own HTTP retries: a failing call runs once, then once
+    more on the local fallback store."""
+    import mlflow
+
+    from roadseg.tracking import TrackedRun
+
+    messages: list[str] = []
+    run = TrackedRun(f"sqlite:///{tmp_path / 'a.db'}", "exp", fallback_dir=tmp_path / "fb",
+                     system_metrics=False, echo=messages.append)  # fmt: skip
+    calls = []
+
+    def flaky() -> str:
+        calls.append(mlflow.get_tracking_uri())
+        if len(calls) == 1:
+            raise ConnectionError("server gone")
+        return "ok"
+
+    try:
+        run.start()
+        assert run.call(flaky) == "ok"
+        assert len(calls) == 2 and run.fell_back and "fb" in calls[1]
+        assert any("unreachable" in m for m in messages)
+    finally:
+        run.end()
+        mlflow.set_tracking_uri(None)
