@@ -179,23 +179,8 @@ def register_best(
         model_id=model_id,
     )
     version = str(mv.version)
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promotion", "promoted" if promoted else "rejected")
-    client.set_model_version_tag(name, version, "promotion_reason", reason)
-    if champion is not None:
-        client.set_model_version_tag(name, version, "compared_with", f"v{champion.version}")
-    log.info(
-        "%s v%s (%s): %s — %s",
-        name,
-        version,
-        best.loss,
-        "promoted to champion"
-        if promoted
-        else f"champion stays v{champion.version if champion else '-'}",
-        reason,
-    )
+    _record_decision(client, name, version, best, promoted=promoted, reason=reason,
+                     champion=champion)  # fmt: skip
 
     profile_uri = None
     if profile_builder is not None:
@@ -217,6 +202,36 @@ def register_best(
             {"loss": c.loss, "run_id": c.run_id, "model_uri": c.model_uri, **_scalars(c.metrics)}
             for c in cands
         ],
+    )
+
+
+def _record_decision(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    best: Candidate,
+    *,
+    promoted: bool,
+    reason: str,
+    champion: Any | None,
+) -> None:
+    """Aliases (`challenger`, and `champion` when promoted) and the decision as version tags."""
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "promotion", "promoted" if promoted else "rejected")
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    if champion is not None:
+        client.set_model_version_tag(name, version, "compared_with", f"v{champion.version}")
+    log.info(
+        "%s v%s (%s): %s — %s",
+        name,
+        version,
+        best.loss,
+        "promoted to champion"
+        if promoted
+        else f"champion stays v{champion.version if champion else '-'}",
+        reason,
     )
 
 

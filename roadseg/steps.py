@@ -7,7 +7,6 @@ a `Params` object, and writes the result into its KFP artifacts. The same functi
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -18,8 +17,6 @@ from typing import Any
 import pandas as pd
 
 from roadseg.config import Params, load_params
-
-log = logging.getLogger(__name__)
 
 # Reference profiles use an evenly spaced sample of the training split: the drift test compares
 # distributions, and a few hundred images pin them down at a fraction of the prediction cost.

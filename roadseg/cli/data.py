@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +18,11 @@ from roadseg.cli.common import (
     fail,
     get_params,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from roadseg.data.validation import ValidationResult
 
 data_app = typer.Typer(
     help="Dataset commands: import, synth, validate, remap.", no_args_is_help=True
@@ -49,7 +54,7 @@ def data_validate(
     set_: SetOpt = None,
 ) -> None:
     """Check every image/mask pair with a Great Expectations suite; exit 1 naming each bad file."""
-    from roadseg.data.validation import DatasetError, failure_table, validate_dataset
+    from roadseg.data.validation import DatasetError, validate_dataset
 
     p = get_params(params, set_)
     try:
@@ -65,13 +70,27 @@ def data_validate(
     # Whole file names in logs, not folded.
     out = Console(width=None if console.is_terminal else 200)
     if result.failures:
-        out.print(failure_table(result))
+        out.print(_failure_table(result))
     n_bad = len(result.failures)
     verdict = "[green]passed[/green]" if result.success else f"[red]{n_bad} violation(s)[/red]"
     out.print(f"validated {result.n_files} file pair(s) in {result.seconds:.1f}s: {verdict}")
     out.print(f"Data Docs: {result.data_docs_path}\nsummary:   {result.summary_path}")
     if not result.success:
         raise typer.Exit(1)
+
+
+def _failure_table(result: ValidationResult) -> Table:
+    """A rich table with one line per offending file and the rule it broke."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"{len(result.failures)} label validation violation(s)", title_justify="left"
+    )
+    for name in ("split", "file", "rule", "detail"):
+        table.add_column(name, overflow="fold")
+    for f in result.failures:
+        table.add_row(f.split, f.file, f.rule, f.detail)
+    return table
 
 
 def _count(name: str, what: str) -> object:

@@ -162,33 +162,8 @@ def remap_dataset(
     if not todo:
         raise ValueError(f"no splits to remap in {src} (requested: {splits or 'all'}, found none)")
     _check_out(src, out)
-    lut = data_params.lookup_table()
-    tasks, per_split = [], {}
-    for split in todo:
-        samples = list_samples(src, split)
-        per_split[split] = {
-            "images": sum(s.image is not None for s in samples),
-            "masks": sum(s.label is not None for s in samples),
-        }
-        for s in samples:
-            img_dst = image_dir(out, split) / s.image.name if s.image else None
-            tasks.append(
-                (s.image, img_dst, s.label, mask_dir(out, split) / f"{s.stem}.png", link_images)
-            )
-    n_workers = max(1, min(workers, os.cpu_count() or 1, len(tasks) or 1))
-    hist = {split: np.zeros(256, np.int64) for split in todo}
-    bar = tqdm(total=len(tasks), desc="remap", unit="file", disable=not progress)
-    if n_workers > 1:
-        with Pool(n_workers, initializer=_init_worker, initargs=(lut,)) as pool:
-            for task, h in zip(tasks, pool.imap(_process, tasks, chunksize=4), strict=True):
-                hist[_split_of(task, out)] += h
-                bar.update()
-    else:
-        _init_worker(lut)
-        for task in tasks:
-            hist[_split_of(task, out)] += _process(task)
-            bar.update()
-    bar.close()
+    tasks, per_split = _plan(src, out, todo, link_images)
+    hist = _run(tasks, data_params.lookup_table(), out, todo, workers=workers, progress=progress)
     names = [c.name for c in data_params.classes]
     basis = ["train"] if "train" in todo and per_split["train"]["masks"] else todo
     counts = sum(hist[s] for s in basis)[: len(names)]
@@ -213,6 +188,47 @@ def remap_dataset(
         "stats": str(out / STATS),
         "class_stats": stats,
     }
+
+
+def _plan(
+    src: Path, out: Path, splits: list[str], link_images: bool
+) -> tuple[list[tuple], dict[str, dict[str, int]]]:
+    """One task per sample (image src/dst, mask src/dst, link flag) and the counts per split."""
+    tasks, per_split = [], {}
+    for split in splits:
+        samples = list_samples(src, split)
+        per_split[split] = {
+            "images": sum(s.image is not None for s in samples),
+            "masks": sum(s.label is not None for s in samples),
+        }
+        for s in samples:
+            img_dst = image_dir(out, split) / s.image.name if s.image else None
+            tasks.append(
+                (s.image, img_dst, s.label, mask_dir(out, split) / f"{s.stem}.png", link_images)
+            )
+    return tasks, per_split
+
+
+def _run(
+    tasks: list[tuple], lut: np.ndarray, out: Path, splits: list[str], *, workers: int,
+    progress: bool,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Process the tasks (in worker processes when `workers` > 1); the class histogram per split."""
+    n_workers = max(1, min(workers, os.cpu_count() or 1, len(tasks) or 1))
+    hist = {split: np.zeros(256, np.int64) for split in splits}
+    bar = tqdm(total=len(tasks), desc="remap", unit="file", disable=not progress)
+    if n_workers > 1:
+        with Pool(n_workers, initializer=_init_worker, initargs=(lut,)) as pool:
+            for task, h in zip(tasks, pool.imap(_process, tasks, chunksize=4), strict=True):
+                hist[_split_of(task, out)] += h
+                bar.update()
+    else:
+        _init_worker(lut)
+        for task in tasks:
+            hist[_split_of(task, out)] += _process(task)
+            bar.update()
+    bar.close()
+    return hist
 
 
 def _split_of(task: tuple, out: Path) -> str:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -29,9 +29,6 @@ from roadseg.data.kitti_checks import (
     kitti_detail,
     kitti_expectations,
 )
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 SUITE_NAME = "roadseg-labels"
 DOCS_SITE = "roadseg"
@@ -215,7 +212,17 @@ def _run_suite(
         )
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": table})
+    failures = _failures(outcome, table, max_ignore_fraction, dataset)
+    from roadseg.reports import make_offline_tree
 
+    make_offline_tree(docs_dir)  # Data Docs load their CDN assets: inline them (no network)
+    return failures, docs_dir / "index.html"
+
+
+def _failures(
+    outcome: Any, table: pd.DataFrame, max_ignore_fraction: float, dataset: str
+) -> list[Failure]:
+    """One `Failure` per file and broken rule, from a GX checkpoint result over `table`."""
     failures: list[Failure] = []
     by_row = table.set_index("row", drop=False)
     for run in outcome.run_results.values():
@@ -241,10 +248,7 @@ def _run_suite(
                     else _detail(rule, row, max_ignore_fraction)
                 )
                 failures.append(Failure(row["split"], file, rule, detail))
-    from roadseg.reports import make_offline_tree
-
-    make_offline_tree(docs_dir)  # Data Docs load their CDN assets: inline them (no network)
-    return failures, docs_dir / "index.html"
+    return failures
 
 
 def _resolve(root: Path, splits: Iterable[str] | None) -> tuple[list[str], list[str]]:
@@ -387,17 +391,3 @@ def _write_summary(
         "seconds": round(result.seconds, 3),
     }
     result.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def failure_table(result: ValidationResult) -> Table:
-    """A rich table with one line per offending file and the rule it broke."""
-    from rich.table import Table
-
-    table = Table(
-        title=f"{len(result.failures)} label validation violation(s)", title_justify="left"
-    )
-    for name in ("split", "file", "rule", "detail"):
-        table.add_column(name, overflow="fold")
-    for f in result.failures:
-        table.add_row(f.split, f.file, f.rule, f.detail)
-    return table
