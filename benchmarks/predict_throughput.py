@@ -1,29 +1,40 @@
-"""`roadseg.serving.predict` at full resolution: old (full-size softmax) vs tiled post-processing.
+"""`roadseg.serving.predict` at 1280x720 vs the bare forward pass and the old post-processing.
 
-Runs a base-16 U-Net (untrained weights: speed does not depend on them) at 96x160 on real
-1280x720 BDD100k images, and in the same run measures the bare forward pass, the previous
-post-processing (upsample all logits, softmax, max at full size) and the current one::
+On the real BDD100k sample (1280x720), for the demo model (U-Net base 16 at 96x160, briefly
+trained: `bench_models.demo_checkpoint`) and the base-64 reference model (31 M parameters at
+368x640), measures in interleaved rounds (so load from other jobs hits all three alike):
 
-    .venv/bin/python benchmarks/predict_throughput.py --images ../shared/data/bdd100k-sample/images/10k/val
+- `forward`: preprocess + the model's forward pass only (the ceiling);
+- `old`: the original post-processing, kept here as the baseline: upsample all logits to full
+  size, softmax, max (and the road probability);
+- `predict`: `roadseg.serving.predict` (mixed-cell argmax, sampled confidence, lazy road map).
+
+It first checks that the masks are identical (argmax ties aside) and prints the confidence error.
+Medians over rounds; the load average is printed with each table::
+
+    .venv/bin/python benchmarks/predict_throughput.py            # ~4 min (+ training once)
+    .venv/bin/python benchmarks/predict_throughput.py --quick    # ~1 min
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from bench_models import demo_checkpoint, mixed_cell_share, reference_checkpoint, sample_images
 
-from roadseg.models import build_model
-from roadseg.serving import ModelSpec, Prediction, predict, preprocess
+from roadseg.modelio import load_model
+from roadseg.serving import Prediction, predict, preprocess
 
 
 def old_predict(model, images, spec) -> list[Prediction]:
-    """The pre-tiling post-processing, kept here as the baseline."""
+    """The original post-processing (full-size upsample + softmax + max), the baseline."""
     x = preprocess(images, spec)
     with torch.no_grad():
         logits = model(x).float()
@@ -37,66 +48,102 @@ def old_predict(model, images, spec) -> list[Prediction]:
     return out
 
 
-def rate(fn, n_images: int, min_seconds: float) -> float:
-    fn()  # warm-up
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < min_seconds:
-        fn()
-        done += n_images
+def rate(fn, batches: list[list[np.ndarray]], seconds: float) -> float:
+    done, k, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = batches[k % len(batches)]
+        fn(batch)
+        done, k = done + len(batch), k + 1
     return done / (time.perf_counter() - start)
 
 
+def check(model, spec, images) -> dict:
+    """Masks of predict vs the baseline on every image; confidence and road-map differences."""
+    new, old = predict(model, images, spec), old_predict(model, images, spec)
+    pairs = list(zip(new, old, strict=True))
+    return {
+        "masks_identical_share": float(np.mean([np.mean(a.mask == b.mask) for a, b in pairs])),
+        "confidence_max_abs_err": max(abs(a.confidence - b.confidence) for a, b in pairs),
+        "road_max_abs_diff": max(
+            int(np.abs(a.road_probability.astype(int) - b.road_probability).max()) for a, b in pairs
+        ),
+        "mixed_cell_share": mixed_cell_share(model, spec, images),
+    }
+
+
+def bench_model(name: str, path: Path, images, args) -> dict:
+    model, spec, _ = load_model(path)
+    batches = [images[i : i + args.batch] for i in range(0, len(images), args.batch)]
+    row = {"model": name, "input": list(spec.image_size), "batch": args.batch} | check(
+        model, spec, images
+    )
+
+    def forward(batch) -> None:
+        with torch.no_grad():
+            model(preprocess(batch, spec))
+
+    fns = {
+        "forward": forward,
+        "old": lambda b: old_predict(model, b, spec),
+        "predict": lambda b: predict(model, b, spec, batch_size=args.batch),
+    }
+    for fn in fns.values():
+        fn(batches[0])  # warm-up
+    rounds: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(args.rounds):
+        for k, fn in fns.items():
+            rounds[k].append(rate(fn, batches, args.seconds))
+    row |= {f"{k}_img_s": float(np.median(v)) for k, v in rounds.items()}
+    row["rounds"] = rounds
+    row["load_avg"] = os.getloadavg()
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        "\n| model (input) | forward img/s | old predict img/s | predict img/s | predict/old "
+        "| predict/forward | identical mask px | conf err | mixed cells | load avg |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        h, w = r["input"]
+        print(
+            f"| {r['model']} ({h}x{w}) | {r['forward_img_s']:.2f} | {r['old_img_s']:.2f} | "
+            f"{r['predict_img_s']:.2f} | {r['predict_img_s'] / r['old_img_s']:.2f}x | "
+            f"{r['predict_img_s'] / r['forward_img_s']:.0%} | {r['masks_identical_share']:.6%} | "
+            f"{r['confidence_max_abs_err']:.1e} | {r['mixed_cell_share']:.1%} | "
+            f"{' '.join(f'{x:.2f}' for x in r['load_avg'])} |"
+        )
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", default="../shared/data/bdd100k-sample/images/10k/val")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--base", type=int, default=16)
-    ap.add_argument("--size", default="96,160", help="training size H,W")
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=4, help="images per predict call")
+    ap.add_argument("--seconds", type=float, default=10.0, help="seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    ap.add_argument("--quick", action="store_true", help="3 s x 1 round")
+    ap.add_argument("--models", default="demo,base64", help="demo, base64 or both")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 3.0, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    files = sorted(Path(args.images).glob("*.jpg"))[: args.batch]
-    if not files:
-        raise SystemExit(f"no .jpg images under {args.images}")
-    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-    names = tuple(f"c{i}" for i in range(14))
-    spec = ModelSpec(
-        model_name="unet",
-        num_classes=14,
-        in_channels=3,
-        base_channels=args.base,
-        image_size=tuple(int(v) for v in args.size.split(",")),
-        mean=(0.4,) * 3,
-        std=(0.25,) * 3,
-        class_names=("road", *names[1:]),
-        colors=((0, 0, 0),) * 14,
-    )
-    torch.manual_seed(0)
-    model = build_model("unet", in_channels=3, num_classes=14, base_channels=args.base).eval()
-    new, old = predict(model, images, spec), old_predict(model, images, spec)
-    same = np.mean([np.mean(a.mask == b.mask) for a, b in zip(new, old, strict=True)])
-    x = preprocess(images, spec)
-
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
+    images = sample_images()
     print(
-        f"{len(images)} images {images[0].shape[1]}x{images[0].shape[0]}, base {args.base}, "
-        f"model input {spec.image_size}, torch threads {torch.get_num_threads()}"
+        f"{len(images)} real images {images[0].shape[1]}x{images[0].shape[0]}, torch threads "
+        f"{torch.get_num_threads()}, {args.rounds} x {args.seconds:.0f} s per measurement"
     )
-    print(
-        f"masks identical on {same:.6%} of pixels; confidence "
-        f"{new[0].confidence:.6f} vs {old[0].confidence:.6f}"
-    )
-    f_rate = rate(forward, len(images), args.seconds)
-    o_rate = rate(lambda: old_predict(model, images, spec), len(images), args.seconds)
-    n_rate = rate(lambda: predict(model, images, spec), len(images), args.seconds)
-    print(f"bare forward   {f_rate:7.2f} img/s")
-    print(f"old predict    {o_rate:7.2f} img/s")
-    print(f"new predict    {n_rate:7.2f} img/s  ({n_rate / o_rate:.2f}x old)")
+    paths = {"demo": demo_checkpoint, "base64": reference_checkpoint}
+    rows = []
+    for name in args.models.split(","):
+        rows.append(bench_model(name, paths[name](), images, args))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "rounds"}))
+    print_table(rows)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

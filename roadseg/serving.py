@@ -216,21 +216,27 @@ class _Grid:
     def __init__(self, lg: torch.Tensor, h: int, w: int) -> None:
         c, self.h_in, self.w_in = lg.shape
         self.h, self.w = h, w
-        # (h_in * w_in, C): one contiguous row of logits per source pixel, for gathers
-        self.table = lg.permute(1, 2, 0).reshape(-1, c).contiguous()
+        self.table = lg.reshape(c, -1)  # (C, h_in * w_in): gathers along dim 1
         self.y0, self.y1, self.ly = _source_index(h, self.h_in, 0, h)
         self.x0, self.x1, self.lx = _source_index(w, self.w_in, 0, w)
 
+    def row_pass(self, src: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Horizontal pass (C, N): source row src[k] interpolated at output column cols[k]."""
+        t, base = self.table, src * self.w_in
+        lx = self.lx[cols]
+        left = t.index_select(1, base + self.x0[cols]).mul_(1.0 - lx)
+        return left.add_(t.index_select(1, base + self.x1[cols]).mul_(lx))
+
     def logits(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Upsampled logits (N, C) at output pixels (rows[k], cols[k]), in F.interpolate's order:
+        """Upsampled logits (C, N) at output pixels (rows[k], cols[k]), in F.interpolate's order:
         ((v00 (1-lx) + v01 lx) (1-ly) + (v10 (1-lx) + v11 lx) ly)."""
         t, w_in = self.table, self.w_in
         i0, i1 = self.y0[rows] * w_in, self.y1[rows] * w_in
         j0, j1 = self.x0[cols], self.x1[cols]
-        lx, ly = self.lx[cols].unsqueeze(1), self.ly[rows].unsqueeze(1)
+        lx, ly = self.lx[cols], self.ly[rows]
         mx, my = 1.0 - lx, 1.0 - ly
-        top = t.index_select(0, i0 + j0).mul_(mx).add_(t.index_select(0, i0 + j1).mul_(lx))
-        bot = t.index_select(0, i1 + j0).mul_(mx).add_(t.index_select(0, i1 + j1).mul_(lx))
+        top = t.index_select(1, i0 + j0).mul_(mx).add_(t.index_select(1, i0 + j1).mul_(lx))
+        bot = t.index_select(1, i1 + j0).mul_(mx).add_(t.index_select(1, i1 + j1).mul_(lx))
         return top.mul_(my).add_(bot.mul_(ly))
 
 
@@ -241,7 +247,8 @@ def _mask_and_counts(g: _Grid, a: torch.Tensor, num_classes: int):
     the 4 corners share their argmax c, every output pixel in that cell has argmax c (l_c >= l_k
     at each corner holds for any convex combination). Such pixels are filled from the low-res
     argmax `a` (h_in, w_in) by repetition; only pixels in cells whose corners disagree ("mixed")
-    are interpolated exactly.
+    are interpolated exactly (`_exact_rows`), in column bands and row groups of at most
+    TILE_ELEMENTS / C mixed pixels.
     """
     below = torch.cat([a[1:], a[-1:]], 0)  # corner (y1, x0); the last row is its own neighbour
     right = torch.cat([a[:, 1:], a[:, -1:]], 1)  # (y0, x1)
@@ -249,23 +256,52 @@ def _mask_and_counts(g: _Grid, a: torch.Tensor, num_classes: int):
     mixed = ((a != below) | (a != right) | (a != diag)).numpy()
     nr = torch.bincount(g.y0, minlength=g.h_in).numpy()  # output rows per source row
     nc = torch.bincount(g.x0, minlength=g.w_in).numpy()
-    # y0 and x0 are non-decreasing, so repetition is the nearest-cell gather low[y0][:, x0]
+    # y0 and x0 are non-decreasing, so repetition is the nearest-cell gather a[y0][:, x0]
     mask = np.repeat(np.repeat(a.numpy(), nr, axis=0), nc, axis=1)
-    area = np.outer(nr, nc)
-    counts = np.bincount(a.numpy()[~mixed], weights=area[~mixed], minlength=num_classes)
-    mixed_cols = np.repeat(mixed, nc, axis=1)  # (h_in, w)
-    rows_per_block = max(1, BLOCK_PIXELS // g.w)
-    chunk = max(1, TILE_ELEMENTS // g.table.shape[1])
-    for r0 in range(0, g.h, rows_per_block):
-        r1 = min(g.h, r0 + rows_per_block)
-        flat = np.flatnonzero(mixed_cols[g.y0[r0:r1].numpy()])
-        for k in range(0, flat.size, chunk):
-            idx = torch.from_numpy(flat[k : k + chunk])
-            rows, cols = idx // g.w + r0, idx % g.w
-            exact = _first_argmax(g.logits(rows, cols).T)
-            mask.reshape(-1)[(rows * g.w + cols).numpy()] = exact.numpy()
-            counts += np.bincount(exact.numpy(), minlength=num_classes)
+    counts = np.bincount(a.numpy()[~mixed], weights=np.outer(nr, nc)[~mixed], minlength=num_classes)
+    mixed[nr == 0] = False  # source rows no output row starts from (downsampling)
+    mixed_cols = np.repeat(mixed, nc, axis=1)  # (h_in, w): output columns of mixed cells
+    budget = max(1, TILE_ELEMENTS // g.table.shape[0])
+    y0 = g.y0.numpy()
+    for c0 in range(0, g.w, budget):
+        band = mixed_cols[:, c0 : c0 + budget]
+        ends = np.cumsum(band.sum(axis=1)[y0])  # mixed pixels up to each output row
+        r0 = 0
+        while r0 < g.h:
+            done = ends[r0 - 1] if r0 else 0
+            r1 = max(r0 + 1, int(np.searchsorted(ends, done + budget, side="right")))
+            exact, pos = _exact_rows(g, band, c0, r0, min(r1, g.h))
+            mask.reshape(-1)[pos] = exact
+            counts += np.bincount(exact, minlength=num_classes)
+            r0 = r1
     return mask, counts
+
+
+def _exact_rows(g: _Grid, band: np.ndarray, c0: int, r0: int, r1: int):
+    """Argmax of the upsampled logits at the mixed pixels of output rows r0..r1 of a band.
+
+    Separable, as F.interpolate: the horizontal pass once per (source row, mixed column), then
+    the vertical pass per pixel. Returns the class ids (uint8) and flat positions in the mask.
+    """
+    y0 = g.y0[r0:r1].numpy()
+    lo = int(y0[0])
+    sub = band[lo : int(y0[-1]) + 1]
+    p_row, p_col = np.nonzero(sub)  # row-major: each source row's mixed columns in order
+    n_i = sub.sum(axis=1)
+    n_r = n_i[y0 - lo]  # mixed pixels of each output row
+    if p_row.size == 0 or n_r.sum() == 0:
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+    src = torch.from_numpy(p_row + lo)
+    cols = torch.from_numpy(p_col + c0)
+    top = g.row_pass(src, cols)
+    bot = g.row_pass((src + 1).clamp_(max=g.h_in - 1), cols)
+    start = np.cumsum(n_i) - n_i  # where each source row's columns start in P
+    idx = np.arange(n_r.sum()) + np.repeat(start[y0 - lo] - (np.cumsum(n_r) - n_r), n_r)
+    ly = torch.from_numpy(np.repeat(g.ly[r0:r1].numpy(), n_r))
+    idx_t = torch.from_numpy(idx)
+    up = top.index_select(1, idx_t).mul_(1.0 - ly).add_(bot.index_select(1, idx_t).mul_(ly))
+    pos = np.repeat(np.arange(r0, r1) * g.w, n_r) + p_col[idx] + c0
+    return _first_argmax(up).numpy(), pos
 
 
 def _sample_blocks(n: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,12 +324,12 @@ def _sampled_confidence(g: _Grid) -> float:
     rows, row_w = _sample_blocks(g.h, s)
     cols, col_w = _sample_blocks(g.w, s)
     total = 0.0
-    per_chunk = max(1, TILE_ELEMENTS // (g.table.shape[1] * cols.numel()))
+    per_chunk = max(1, TILE_ELEMENTS // (g.table.shape[0] * cols.numel()))
     for k in range(0, rows.numel(), per_chunk):
         r = rows[k : k + per_chunk]
         up = g.logits(r.repeat_interleave(cols.numel()), cols.repeat(r.numel()))
-        up.sub_(up.amax(dim=1, keepdim=True)).exp_()
-        top = up.sum(dim=1).reciprocal_().view(r.numel(), -1).double()
+        up.sub_(up.amax(dim=0)).exp_()
+        top = up.sum(dim=0).reciprocal_().view(r.numel(), -1).double()
         total += float(row_w[k : k + per_chunk] @ top @ col_w)
     return total / (g.h * g.w)
 
