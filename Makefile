@@ -7,11 +7,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install demo demo-data test lint format bench clean
 
-# torch first, pinned, so the CPU wheel is used and no CUDA wheels are pulled.
+# torch first, at pyproject.toml's pin (its one home), so the CPU wheel is used and no CUDA wheels
+# are pulled.
+TORCH_PIN := $(shell sed -n 's/^ *"\(torch==[^"]*\)".*/\1/p' pyproject.toml)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
