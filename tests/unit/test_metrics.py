@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from roadseg.metrics import (
     ConfusionMatrix,
     confusion_matrix,
     dice_score,
+    frequency_weighted_iou_score,
     iou_score,
     mean_accuracy_score,
     pixel_accuracy_score,
@@ -181,6 +183,61 @@ def test_bad_inputs_are_clear_errors() -> None:
         confusion_matrix(torch.tensor([0, 5]), torch.tensor([0, 1]), 3)
     with pytest.raises(ValueError, match="class names"):
         segmentation_scores(torch.eye(3), ["a", "b"])
+
+
+def test_class_ids_at_the_edges_of_the_range() -> None:
+    """C - 1 is the last valid id, C the first invalid one, in the truth as in the prediction."""
+    cm = confusion_matrix(torch.tensor([2, 0]), torch.tensor([0, 2]), 3)
+    assert cm.tolist() == [[0, 0, 1], [0, 0, 0], [1, 0, 0]]
+    for pred, target in (([0, 3], [0, 1]), ([0, 1], [3, 1]), ([-1, 1], [0, 1])):
+        with pytest.raises(ValueError, match=r"in \[0, 3\) or 255 \(ignore\)"):
+            confusion_matrix(torch.tensor(pred), torch.tensor(target), 3)
+    # an id out of range on an ignored pixel is never looked at
+    assert confusion_matrix(torch.tensor([9]), torch.tensor([255]), 3).sum() == 0
+
+
+def test_running_matrix_with_its_own_ignore_index_and_one_class() -> None:
+    """The running matrix passes its ignore index on; one class is a valid (trivial) problem;
+    float class ids of the target's shape are ids, not logits to argmax."""
+    cm = ConfusionMatrix(3, ignore_index=0)
+    cm.update(torch.tensor([[1, 2, 2]]), torch.tensor([[0, 2, 1]]))  # the first pixel is ignored
+    assert cm.matrix.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 1]]
+    assert cm.matrix.dtype == torch.int64  # exact counts, summable across ranks
+    cm.update(torch.tensor([[2.0, 1.0, 1.0]]), torch.tensor([[0, 2, 1]]))
+    assert cm.matrix.tolist() == [[0, 0, 0], [0, 1, 1], [0, 1, 1]]
+    one = ConfusionMatrix(1)
+    one.update(torch.zeros(2, 2), torch.tensor([[0, 255], [0, 0]]))
+    assert one.matrix.tolist() == [[3]] and one.compute()["miou"] == 1.0
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        ConfusionMatrix(0)
+
+
+def test_matrix_starts_on_the_requested_device() -> None:
+    """(Following the batches to another device: test_confusion_matrix_on_gpu_matches_cpu.)"""
+    cm = ConfusionMatrix(3, device="meta")  # a second device on any machine (shape, no data)
+    assert cm.matrix.device.type == "meta" and cm.matrix.dtype == torch.int64
+
+
+def test_compute_names_the_classes() -> None:
+    cm = ConfusionMatrix(3)
+    cm.update(PRED, TARGET)
+    names = [c["name"] for c in cm.compute(["road", "car", "sky"])["per_class"]]
+    assert names == ["road", "car", "sky"]
+    assert [c["name"] for c in cm.compute()["per_class"]] == ["0", "1", "2"]
+
+
+def test_frequency_weighted_iou_of_a_single_pixel() -> None:
+    """One valid pixel, correctly predicted: fwIoU 1 (only an empty matrix is undefined)."""
+    cm = torch.tensor([[0, 0], [0, 1]])
+    assert frequency_weighted_iou_score(cm) == 1.0
+    assert segmentation_scores(cm)["bdd100k_fwIoU"] == 1.0
+    assert math.isnan(frequency_weighted_iou_score(torch.zeros(2, 2, dtype=torch.int64)))
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3), (2, 2, 2)])
+def test_scores_refuse_a_matrix_that_is_not_square(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"must be square (C, C), got {shape}")):
+        segmentation_scores(torch.ones(shape, dtype=torch.int64))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
