@@ -84,6 +84,18 @@ def test_project_dvc_yaml_matches_params_and_cli():
     assert params["synth"]["out_dir"] != tracked
 
 
+def test_project_stages_list_code_that_exists_and_their_cli_module():
+    """Each stage depends on the code it runs, starting with the CLI module of its command."""
+    cli_module = {"data": "data", "train": "train", "evaluate": "train", "register": "pipeline"}
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        stage = stage.get("do", stage)  # foreach stages
+        code = [d for d in stage["deps"] if str(d).startswith("roadseg/")]
+        for path in code:
+            assert (REPO / path).exists(), f"stage {name}: {path} does not exist"
+        command = stage["cmd"].split()[1]
+        assert f"roadseg/cli/{cli_module[command]}.py" in code, f"stage {name}: {code}"
+
+
 def test_project_stages_resolve():
     out = _dvc("stage", "list", cwd=REPO)
     for name in ("synth", "validate", "remap"):
