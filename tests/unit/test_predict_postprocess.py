@@ -1,11 +1,11 @@
-"""`roadseg.serving._postprocess` equals the full-resolution reference.
+"""`roadseg.serving._postprocess` (through `roadseg.upsampling`) equals the full-resolution reference.
 
 The reference is the straightforward computation: upsample all logits bilinearly with
 `F.interpolate` (align_corners=False), softmax, max. Masks must agree on every pixel except
 near-ties of the reference (where float rounding may pick either class); the road probability must
 equal the full computation; the confidence, estimated on a grid of pixels, must be within
 `CONF_TOL`. Sizes cover up- and down-sampling, 1-pixel sides and extreme aspect ratios; tiny tiles
-and blocks split rows and columns into many pieces.
+split rows and columns into many pieces.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from roadseg import serving
+from roadseg import upsampling
 from roadseg.serving import ModelSpec, _postprocess
 
 NAMES = ("road", "sidewalk", "car", "sky", "other")
@@ -105,9 +105,8 @@ def test_equals_full_resolution_bilinear(source, size):
 
 
 @pytest.mark.parametrize("source", sorted(LOGITS))
-def test_tiny_tiles_and_blocks(monkeypatch, source):
-    monkeypatch.setattr(serving, "TILE_ELEMENTS", 37)
-    monkeypatch.setattr(serving, "BLOCK_PIXELS", 300)
+def test_tiny_tiles(monkeypatch, source):
+    monkeypatch.setattr(upsampling, "TILE_ELEMENTS", 37)
     make, h_in, w_in = LOGITS[source]
     lg = make(h_in, w_in)
     p = _postprocess(lg.clone(), 97, 131, _spec())
