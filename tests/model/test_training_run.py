@@ -3,7 +3,6 @@ and training survives a dead tracking server."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from PIL import Image
 
 from roadseg.config import load_params
 from roadseg.evaluation import evaluate_model, evaluate_predictions
+from roadseg.launcher import free_port
 from roadseg.modelio import load_checkpoint, load_model
 from roadseg.training import train_model
 
@@ -160,12 +160,6 @@ def test_mlflow_gets_params_metrics_figures_and_model(
         assert s == spec and i["version"] == str(mv.version) and i["run_id"] == r.run_id
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_dead_tracking_server_falls_back_to_a_local_store(
     tiny_data: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -174,7 +168,7 @@ def test_dead_tracking_server_falls_back_to_a_local_store(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     messages: list[str] = []
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     p = tiny_params(tmp_path / "ck", "train.epochs=2")
     r = train_model(p, tiny_data, tracking_uri=dead, progress=False, echo=messages.append)
     assert r.fell_back and r.epochs_run == 2
