@@ -136,3 +136,21 @@ def test_profile_roundtrip_and_monitor_log(tmp_path: Path) -> None:
         f.write('{"torn": ')  # a crash mid-line must not break the reader
     assert len(load_profile(tmp_path / "mon")) == 200
     assert "raw" not in lines[0] and "image" not in json.loads(lines[0])
+
+
+def test_monitoring_features_need_neither_pandas_nor_evidently() -> None:
+    """The service computes `image_features` per request: `roadseg.features` (next to the
+    monitoring log) imports numpy only; the drift statistics stay in `roadseg.drift`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from roadseg.features import image_features\n"
+        "from roadseg.monitoring import MonitorLog\n"
+        "image_features(np.zeros((8, 8, 3), np.uint8))\n"
+        "print(sorted(m for m in ('pandas', 'evidently') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert image_features is __import__("roadseg.features").features.image_features
