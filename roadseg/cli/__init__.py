@@ -14,7 +14,12 @@ few lines: load params, call one library function, report. One module per comman
 Shared options and helpers are in `common`.
 """
 
-from roadseg.cli import data, drift, pipeline, serve, train  # noqa: F401  (registers the commands)
+import importlib
+
 from roadseg.cli.common import app
+
+# Importing a group module registers its commands; this order is the order of `roadseg --help`.
+for _group in ("data", "train", "pipeline", "serve", "drift"):
+    importlib.import_module(f"roadseg.cli.{_group}")
 
 __all__ = ["app"]
