@@ -1,18 +1,23 @@
-"""Serving throughput: the live service under 1/4/16 concurrent clients vs the bare model.
+"""Served throughput: `POST /segment` on a live `bentoml serve` vs in-process `predict`, same run.
 
-Starts `bentoml serve` with a model (default: an untrained base-4 U-Net registered in a temporary
-MLflow store), drives `POST /segment` for a fixed time per concurrency level, then runs a soak at
-the highest level while sampling the service's RSS. In the same run it measures the bare model's
-in-process batched forward throughput (`roadseg.serving.predict`) on the same images::
+Serves the demo model (`bench_models.demo_checkpoint`: U-Net base 16 at 96x160, briefly trained;
+or `--model-uri`) and sends the real 1280x720 sample JPEGs as they are on disk. For each client
+count it first measures the bare in-process `predict` (batches of `serve.batch_size`, the server
+idle, same torch thread count as the server), then drives the service with that many
+closed-loop clients; the share served/predict is per level, so load from other jobs hits both
+alike. Then a soak at the highest level samples the service's RSS every 5 s (flat memory) and
+counts errors::
 
-    .venv/bin/python benchmarks/serve_throughput.py --duration 20 --soak 120 --out reports/serve_bench.json
+    .venv/bin/python benchmarks/serve_throughput.py                  # 3 x 20 s levels + 120 s soak
+    .venv/bin/python benchmarks/serve_throughput.py --quick          # 16 clients, 10 s + 20 s soak
+
+The clients run in this process (threads) on the same machine: their CPU is part of the cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import tempfile
@@ -22,59 +27,44 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
+from bench_models import demo_checkpoint, sample_images, sample_paths
 
 
-def make_images(n: int, h: int, w: int) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-            buf, format="JPEG", quality=90
-        )
-        out.append(buf.getvalue())
-    return out
-
-
-def bare_throughput(model_uri: str, images: list[np.ndarray], batch: int, duration: float) -> float:
-    """Images/s of the in-process batched forward (preprocess + model + postprocess)."""
-    from roadseg.batching import create_engine
-
-    engine, _ = create_engine(model_uri, max_batch_size=batch)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < duration:
-        engine.predict_now(images[:batch])
-        done += batch
+def bare_rate(engine, images: list[np.ndarray], batch: int, seconds: float) -> float:
+    """Images/s of `predict` (preprocess + forward + post-processing) in batches, in-process."""
+    done, k, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.predict_now([images[(k + i) % len(images)] for i in range(batch)])
+        done, k = done + batch, k + batch
     return done / (time.perf_counter() - start)
 
 
-def drive(url: str, payloads: list[bytes], clients: int, duration: float, headers: dict) -> dict:
+def drive(url: str, payloads: list[bytes], clients: int, seconds: float, headers: dict) -> dict:
+    """`clients` closed-loop clients, each posting one JPEG at a time for `seconds`."""
     latencies: list[float] = []
-    errors = [0]
+    errors: list[str] = []
     lock = threading.Lock()
-    stop = time.perf_counter() + duration
+    stop = time.perf_counter() + seconds
 
     def worker(k: int) -> None:
-        with httpx.Client(base_url=url, timeout=60, headers=headers) as c:
+        with httpx.Client(base_url=url, timeout=120, headers=headers) as c:
             i = k
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 try:
                     r = c.post(
-                        "/segment",
+                        "/segment?format=mask",
                         content=payloads[i % len(payloads)],
                         headers={"Content-Type": "image/jpeg"},
                     )
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                dt = time.perf_counter() - t0
+                    error = None if r.status_code == 200 else f"HTTP {r.status_code}"
+                except httpx.HTTPError as e:
+                    error = type(e).__name__
                 with lock:
-                    if ok:
-                        latencies.append(dt)
+                    if error is None:
+                        latencies.append(time.perf_counter() - t0)
                     else:
-                        errors[0] += 1
+                        errors.append(error)
                 i += clients
 
     start = time.perf_counter()
@@ -84,15 +74,15 @@ def drive(url: str, payloads: list[bytes], clients: int, duration: float, header
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    lat = np.array(latencies or [np.nan]) * 1000
     return {
         "clients": clients,
         "requests": len(latencies),
-        "errors": errors[0],
-        "throughput_rps": len(latencies) / elapsed,
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+        "served_img_s": len(latencies) / elapsed,
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
-        "p99_ms": float(np.percentile(lat, 99)),
     }
 
 
@@ -100,104 +90,119 @@ def tree_rss(pid: int) -> int:
     import psutil
 
     proc = psutil.Process(pid)
-    procs = [proc, *proc.children(recursive=True)]
     total = 0
-    for p in procs:
+    for p in (proc, *proc.children(recursive=True)):
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
     return total
 
 
+def soak(url: str, payloads: list[bytes], clients: int, seconds: float, headers: dict) -> dict:
+    """A long run at `clients`, sampling the service's RSS (all its processes) every 5 s."""
+    import psutil
+
+    # `bentoml serve` becomes circusd (same pid), which holds the listening socket; its worker
+    # processes are its children
+    port = int(url.rsplit(":", 1)[1])
+    pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port}
+    server = next(psutil.Process(p) for p in pids if psutil.Process(p).ppid() not in pids)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(tree_rss(server.pid))
+            stop.wait(5)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    res = drive(url, payloads, clients, seconds, headers)
+    stop.set()
+    sampler.join()
+    rss = [s / 2**20 for s in samples]
+    half = len(rss) // 2
+    return res | {
+        "seconds": seconds,
+        "rss_mib_first": rss[0],
+        "rss_mib_max": max(rss),
+        "rss_mib_last": rss[-1],
+        "rss_mib_growth_second_half": rss[-1] - rss[half],
+    }
+
+
+def print_table(levels: list[dict], soaked: dict | None) -> None:
+    print(
+        "\n| clients | predict img/s (same run) | served img/s | served / predict | p50 ms "
+        "| p95 ms | errors | load avg |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in levels:
+        print(
+            f"| {r['clients']} | {r['predict_img_s']:.2f} | {r['served_img_s']:.2f} | "
+            f"{r['share_of_predict']:.0%} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+            f"{r['errors']} | {' '.join(f'{x:.2f}' for x in r['load_avg'])} |"
+        )
+    if soaked:
+        print(
+            f"\nsoak {soaked['seconds']:.0f} s at {soaked['clients']} clients: "
+            f"{soaked['requests']} requests, {soaked['errors']} errors {soaked['error_kinds']}, "
+            f"{soaked['served_img_s']:.2f} img/s; service RSS {soaked['rss_mib_first']:.0f} -> "
+            f"{soaked['rss_mib_last']:.0f} MiB (max {soaked['rss_mib_max']:.0f}, second half "
+            f"{soaked['rss_mib_growth_second_half']:+.0f} MiB)"
+        )
+
+
+def run(args: argparse.Namespace) -> dict:
+    from roadseg.batching import create_engine
+    from roadseg.config import load_params
+    from roadseg.launcher import running_service
+
+    batch = load_params(os.environ.get("ROADSEG_PARAMS") or None).serve.batch_size
+    payloads = [p.read_bytes() for p in sample_paths()]
+    images = sample_images()
+    uri = args.model_uri or str(demo_checkpoint())
+    tmp = Path(tempfile.mkdtemp(prefix="roadseg-serve-bench-"))
+    env = {"ROADSEG_MODEL_URI": uri, "ROADSEG_MONITOR_DIR": str(tmp / "monitoring"),
+           "BENTOML_HOME": str(tmp / "bentoml"), "ROADSEG_API_KEY": None}  # fmt: skip
+    if args.threads:  # the same intra-op thread count in both processes
+        import torch
+
+        torch.set_num_threads(args.threads)
+        env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    engine, _ = create_engine(uri, max_batch_size=batch)
+    report: dict = {"batch_size": batch, "image": list(images[0].shape), "levels": []}
+    with running_service(env, log_path=tmp / "serve.log") as url:
+        drive(url, payloads, 4, 3.0, {})  # warm the HTTP path
+        for n in (int(c) for c in args.clients.split(",")):
+            bare = bare_rate(engine, images, batch, args.duration)  # the service is idle now
+            row = drive(url, payloads, n, args.duration, {})
+            row |= {"predict_img_s": bare, "share_of_predict": row["served_img_s"] / bare}
+            row["load_avg"] = os.getloadavg()
+            report["levels"].append(row)
+            print(json.dumps(row))
+        if args.soak > 0:
+            clients = max(int(c) for c in args.clients.split(","))
+            report["soak"] = soak(url, payloads, clients, args.soak, {})
+            print(json.dumps(report["soak"]))
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--model-uri", default=None, help="serve this model (needs MLFLOW_TRACKING_URI)"
-    )
-    ap.add_argument("--duration", type=float, default=20.0, help="seconds per concurrency level")
+    ap.add_argument("--model-uri", default=None, help="default: the trained demo checkpoint")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds per level")
     ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--soak", type=float, default=120.0, help="seconds of the soak (0: skip)")
+    ap.add_argument("--quick", action="store_true", help="16 clients, 10 s, 20 s soak")
     ap.add_argument(
-        "--soak", type=float, default=120.0, help="seconds of the memory soak (0: skip)"
+        "--threads", type=int, default=0, help="torch threads here and in the service (0: default)"
     )
-    ap.add_argument("--size", default="360x640", help="HxW of the test images")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-
-    from roadseg.config import load_params
-    from roadseg.launcher import register_random_model, running_service
-
-    params = load_params(os.environ.get("ROADSEG_PARAMS") or None)
-    h, w = (int(x) for x in args.size.split("x"))
-    payloads = make_images(32, h, w)
-    arrays = [np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in payloads]
-    tmp = Path(tempfile.mkdtemp(prefix="roadseg-bench-"))
-    env = {"ROADSEG_MONITOR_DIR": str(tmp / "monitoring"), "BENTOML_HOME": str(tmp / "bentoml")}
-    if args.model_uri:
-        uri = args.model_uri
-    else:
-        tracking = f"sqlite:///{tmp / 'mlflow.db'}"
-        register_random_model(tracking)
-        os.environ["MLFLOW_TRACKING_URI"] = tracking
-        uri = "models:/roadseg-unet@champion"
-    env |= {
-        "ROADSEG_MODEL_URI": uri,
-        "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", ""),
-    }
-    headers = (
-        {"X-API-Key": os.environ["ROADSEG_API_KEY"]} if os.environ.get("ROADSEG_API_KEY") else {}
-    )
-
-    import mlflow
-
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    bare = bare_throughput(uri, arrays, params.serve.batch_size, args.duration)
-    print(f"bare model, batch {params.serve.batch_size}: {bare:.1f} images/s")
-    report: dict = {
-        "image_size": [h, w],
-        "batch_size": params.serve.batch_size,
-        "bare_images_per_s": bare,
-        "levels": [],
-    }
-    with running_service(env, log_path=tmp / "serve.log") as url:
-        drive(url, payloads, 4, 3.0, headers)  # warm the HTTP path
-        for n in (int(c) for c in args.clients.split(",")):
-            res = drive(url, payloads, n, args.duration, headers)
-            res["share_of_bare"] = res["throughput_rps"] / bare
-            report["levels"].append(res)
-            print(json.dumps(res))
-        if args.soak > 0:
-            import psutil
-
-            server = next(
-                p
-                for p in psutil.process_iter(["cmdline"])
-                if url.rsplit(":", 1)[1] in " ".join(p.info["cmdline"] or [])
-            )
-            samples: list[tuple[float, int]] = []
-            stop = threading.Event()
-
-            def sample() -> None:
-                t0 = time.perf_counter()
-                while not stop.is_set():
-                    samples.append((time.perf_counter() - t0, tree_rss(server.pid)))
-                    stop.wait(5)
-
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-            clients = max(int(c) for c in args.clients.split(","))
-            soak = drive(url, payloads, clients, args.soak, headers)
-            stop.set()
-            sampler.join()
-            rss = [s[1] / 2**20 for s in samples]
-            half = max(1, len(rss) // 2)
-            soak |= {
-                "seconds": args.soak,
-                "rss_mib_first": rss[0],
-                "rss_mib_last": rss[-1],
-                "rss_mib_max": max(rss),
-                "rss_growth_second_half_mib": rss[-1] - rss[half - 1],
-            }
-            report["soak"] = soak
-            print(json.dumps(soak))
+    if args.quick:
+        args.clients, args.duration, args.soak = "16", 10.0, 20.0
+    report = run(args)
+    print_table(report["levels"], report.get("soak"))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
