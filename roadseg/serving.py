@@ -259,7 +259,12 @@ def overlay(
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """PNG bytes of a (H, W) or (H, W, 3) uint8 array."""
+    """PNG bytes of a (H, W) or (H, W, 3) uint8 array.
+
+    zlib level 1, not PIL's 6: at 1280x720 a mask takes 6 ms instead of 9 (15 kB instead of 9)
+    and an overlay 55 ms instead of 215 (+18% bytes); on the serving hot path CPU is scarcer.
+    """
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
