@@ -5,7 +5,8 @@ post-processing) on the same model and real 1280x720 images, in one process and 
 
 - `queue`: `roadseg.batching.InferenceEngine.predict` (what every route uses today);
 - `cork`:  `bentoml._internal.marshal.dispatcher.CorkDispatcher`, the dispatcher behind
-  `@bentoml.api(batchable=True, max_batch_size=…, max_latency_ms=…)`, with params.serve's values;
+  `@bentoml.api(batchable=True, max_batch_size=…, max_latency_ms=…)`, with `serve.batch_size`
+  and `--cork-max-latency-ms` (its latency budget: it refuses work it predicts would exceed it);
 - `bare`:  `predict_now` on full batches, no queue at all (the ceiling).
 
 `clients` coroutines each send one image at a time for `--duration` seconds::
@@ -86,7 +87,7 @@ async def run(args: argparse.Namespace) -> dict:
         return (await engine.predict([im]))[0]
 
     cork = CorkDispatcher(
-        max_latency_in_ms=serve.max_latency_ms,
+        max_latency_in_ms=args.cork_max_latency_ms,
         max_batch_size=serve.batch_size,
         fallback=lambda: None,
         get_batch_size=lambda x: 1,
@@ -122,6 +123,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--base", type=int, default=16, help="U-Net base channels (16: demo, 64: 31 M)")
     ap.add_argument("--size", type=int, nargs=2, default=[96, 160], help="network input H W")
+    ap.add_argument("--cork-max-latency-ms", type=int, default=2000, help="BentoML's budget")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     result = asyncio.run(run(args))
