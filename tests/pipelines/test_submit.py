@@ -86,6 +86,19 @@ def test_cli_submit_success_passes_data_revision_and_repo_as_run_arguments(monke
     assert set(args) <= set(declared), set(args) - set(declared)
 
 
+def test_cli_submit_host_defaults_to_pipeline_host(monkeypatch) -> None:
+    """`pipeline.host` in params is the endpoint when --host is not given; without either, a
+    one-line error."""
+    client_cls = create_autospec(kfp.Client, return_value=strict_client())
+    monkeypatch.setattr(kfp, "Client", client_cls)
+    monkeypatch.chdir(REPO)
+    res = CliRunner().invoke(app, ["pipeline", "submit", "--set", "pipeline.host=http://kfp.p:80"])
+    assert res.exit_code == 0, res.output
+    client_cls.assert_called_once_with(host="http://kfp.p:80")
+    res = CliRunner().invoke(app, ["pipeline", "submit"])
+    assert res.exit_code == 2 and "pipeline.host" in res.output
+
+
 def test_submit_rejects_missing_package_and_bad_cron(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="roadseg pipeline compile"):
         submit_pipeline(strict_client(), tmp_path / "nope.yaml", experiment="e", arguments={},
