@@ -299,3 +299,132 @@ def test_bad_class_weights_are_rejected(weights) -> None:
             ignore_index=IGNORE,
             class_weights=torch.tensor(weights),
         )
+
+
+def batch_with_label(label: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random 3-class logits and targets in which some pixels carry `label`."""
+    g = torch.Generator().manual_seed(5)
+    x, t = torch.randn(2, 3, 4, 5, generator=g), torch.randint(0, 3, (2, 4, 5), generator=g)
+    t[0, 1] = label
+    t[1, :, 2] = label
+    return x, t
+
+
+def test_built_losses_compute_their_formula_with_the_given_ignore_index_and_params() -> None:
+    """Each built loss equals its functional with the params and the ignore index it was built
+    with (7 here: pixels labelled 7 are skipped, and 255 is then an ordinary invalid id)."""
+    from roadseg.losses import _functional as fn
+
+    x, t = batch_with_label(7)
+    w = torch.tensor([0.5, 1.0, 2.0])
+    p = loss_params("x", ohem_top_k=0.4, dice_weight=0.3, ce_weight=0.9, smooth=0.7)
+    want = {
+        "wce": fn.weighted_cross_entropy(x, t, w, ignore_index=7),
+        "ohem": fn.ohem_cross_entropy(x, t, 0.4, ignore_index=7),
+        "dice": fn.soft_dice_loss(x, t, 0.7, ignore_index=7),
+        "dice_ce": 0.3 * fn.soft_dice_loss(x, t, 0.7, ignore_index=7)
+        + 0.9 * fn.weighted_cross_entropy(x, t, w, ignore_index=7),
+        "iou": fn.soft_jaccard_loss(x, t, 0.7, ignore_index=7),
+    }
+    for name, value in want.items():
+        p.name = name
+        loss = build_loss(p, num_classes=3, ignore_index=7, class_weights=w)
+        assert loss(x, t).item() == pytest.approx(value.item(), rel=1e-6), name
+        valid = t != 7  # the same as dropping the ignored pixels' contribution by hand
+        assert loss(x, torch.where(valid, t, 0)).item() != pytest.approx(value.item()), name
+    p.name = "iou"
+    road = build_loss(p, num_classes=2, ignore_index=7, class_weights=None)
+    x2, t2 = x[:, :2], torch.where(t == 7, 7, t % 2)
+    want2 = fn.soft_jaccard_loss(x2, t2, 0.7, ignore_index=7, classes=[1])
+    assert road(x2, t2).item() == pytest.approx(want2.item(), rel=1e-6)
+
+
+def test_documented_defaults() -> None:
+    """Functions and classes default to ignore index 255, Dice smoothing 1, IoU smoothing 0,
+    OHEM top 25% and Dice + CE weights 0.5 / 0.5 with smoothing 1."""
+    from roadseg.losses import _functional as fn
+
+    x, t = batch_with_label(255)
+    w = torch.tensor([0.5, 1.0, 2.0])
+    pairs = [
+        (fn.weighted_cross_entropy(x, t, w), fn.weighted_cross_entropy(x, t, w, ignore_index=255)),
+        (fn.ohem_cross_entropy(x, t, 0.5), fn.ohem_cross_entropy(x, t, 0.5, ignore_index=255)),
+        (fn.soft_dice_loss(x, t), fn.soft_dice_loss(x, t, 1.0, ignore_index=255)),
+        (fn.soft_jaccard_loss(x, t), fn.soft_jaccard_loss(x, t, 0.0, ignore_index=255)),
+        (DiceLoss()(x, t), fn.soft_dice_loss(x, t, 1.0, 255)),
+        (IoULoss()(x, t), fn.soft_jaccard_loss(x, t, 0.0, 255)),
+        (OhemCrossEntropyLoss()(x, t), fn.ohem_cross_entropy(x, t, 0.25, 255)),
+        (DiceCELoss()(x, t),
+         0.5 * fn.soft_dice_loss(x, t, 1.0, 255) + 0.5 * fn.weighted_cross_entropy(x, t)),
+    ]  # fmt: skip
+    for i, (got, want) in enumerate(pairs):
+        assert got.item() == pytest.approx(want.item(), rel=1e-6), i
+    # the defaults matter: other smoothing gives other values on this batch
+    assert fn.soft_dice_loss(x, t).item() != pytest.approx(fn.soft_dice_loss(x, t, 2.0).item())
+    assert fn.soft_jaccard_loss(x, t).item() != pytest.approx(
+        fn.soft_jaccard_loss(x, t, 1.0).item()
+    )
+
+
+def test_jaccard_means_over_present_classes_and_scores_absent_ones_against_predictions() -> None:
+    """Two pixels, both class 0, probabilities [0.9, 0.1]: class 0 IoU = 1.8 / 2 = 0.9; class 1
+    is absent from the truth, so its IoU (0 / 0.2 = 0) counts only when it is asked for."""
+    from roadseg.losses._functional import soft_jaccard_loss
+
+    p = torch.tensor([0.9, 0.1])
+    x = p.log().view(1, 2, 1, 1).expand(1, 2, 1, 2).clone()
+    t = torch.zeros(1, 1, 2, dtype=torch.long)
+    assert soft_jaccard_loss(x, t).item() == pytest.approx(0.1, rel=1e-5)
+    assert soft_jaccard_loss(x, t, classes=[1]).item() == pytest.approx(1.0, rel=1e-6)
+    assert soft_jaccard_loss(x, t, classes=[0, 1]).item() == pytest.approx(0.55, rel=1e-5)
+
+
+def test_all_ignore_zero_is_positive_zero() -> None:
+    """The all-ignore 0 is +0.0 even when the logits sum to a negative number."""
+    from roadseg.losses._functional import ohem_cross_entropy
+
+    x = torch.full((1, 2, 2, 2), -3.0, requires_grad=True)
+    loss = ohem_cross_entropy(x, torch.full((1, 2, 2), IGNORE), 0.5)
+    assert loss.item() == 0.0 and math.copysign(1.0, loss.item()) == 1.0
+
+
+def test_float64_and_integer_weights_are_used_as_float32() -> None:
+    from roadseg.losses._functional import weighted_cross_entropy
+
+    x, t = batch_with_label(255)
+    w32 = torch.tensor([1.0, 2.0, 3.0])
+    want = weighted_cross_entropy(x, t, w32).item()
+    assert weighted_cross_entropy(x, t, w32.double()).item() == pytest.approx(want, rel=1e-6)
+    for module in (WeightedCrossEntropyLoss([1, 2, 3]), DiceCELoss(weight=[1, 2, 3])):
+        assert module.weight.dtype == torch.float32  # a buffer that follows .to(device)
+    assert WeightedCrossEntropyLoss([1, 2, 3])(x, t).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_zero_class_weights_are_accepted() -> None:
+    """class_stats.json gives weight 0 to a class with no pixels; build_loss must take it."""
+    loss = build_loss(loss_params("wce"), num_classes=3, ignore_index=IGNORE,
+                      class_weights=[0.0, 0.5, 2.5])  # fmt: skip
+    assert loss.weight.tolist() == [0.0, 0.5, 2.5]
+
+
+def test_input_checks_name_the_bad_value() -> None:
+    from roadseg.losses._functional import ohem_cross_entropy
+
+    x, t = batch_with_label(255)
+    for top_k in (0.0, 1.5):
+        with pytest.raises(ValueError, match=rf"top_k must be in \(0, 1\], got {top_k}"):
+            ohem_cross_entropy(x, t, top_k)
+    assert ohem_cross_entropy(x, t, 1.0).item() > 0
+    with pytest.raises(ValueError, match="Dice smooth must be >= 0, got -1"):
+        DiceLoss(-1)
+    with pytest.raises(ValueError, match=r"IoU smooth must be >= 0, got -0\.5"):
+        IoULoss(-0.5)
+    with pytest.raises(ValueError, match="must be >= 0 and not both 0, got -1 and 2"):
+        DiceCELoss(-1, 2)
+    with pytest.raises(ValueError, match=r"expected logits \(N, C, H, W\) and target \(N, H, W\)"):
+        DiceLoss()(x, t[0])  # 4-D logits, 2-D target
+    with pytest.raises(
+        ValueError, match=r"'wce' needs class weights: pass class_weights \(the 'weights' of "
+        r"class_stats.json, written by `roadseg data remap`\)"
+    ):  # fmt: skip
+        build_loss(loss_params("wce"), num_classes=3, ignore_index=IGNORE, class_weights=None)
