@@ -12,7 +12,8 @@ def deploy(packaged: str, params_file: str, overrides: list) -> str:
     import json
     import os
 
-    from roadseg.steps import deploy_step, step_params
+    from roadseg.release import deploy_step
+    from roadseg.steps import step_params
     from roadseg.tracking import resolve_tracking_uri
 
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides)

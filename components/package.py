@@ -15,7 +15,8 @@ def package(registration: str, params_file: str, overrides: list, bento: Output[
     import shutil
     import tempfile
 
-    from roadseg.steps import package_step, step_params
+    from roadseg.release import package_step
+    from roadseg.steps import step_params
     from roadseg.tracking import resolve_tracking_uri
 
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides)
