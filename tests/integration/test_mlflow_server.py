@@ -8,7 +8,6 @@ otherwise SQLite. Artifacts are proxied by the server (mlflow-artifacts:/), as o
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,13 @@ import torch
 from mlflow import MlflowClient
 
 from roadseg.config import RegisterParams
+from roadseg.launcher import free_port
 from roadseg.registry import Candidate, download_reference_profile, register_best
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 PG_ADMIN = os.environ.get("ROADSEG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PARAMS = RegisterParams(model_name="roadseg-unet", min_miou=0.1, class_iou_floor=0.0, margin=0.01)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_backend() -> Iterator[str | None]:
@@ -69,7 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     tmp = tmp_path_factory.mktemp("mlflow-server")
     backends = _postgres_backend()
     backend = next(backends) or f"sqlite:///{tmp / 'mlflow.db'}"
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", backend, "--artifacts-destination", str(tmp / "artifacts"),
            "--workers", "1"]  # fmt: skip

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from roadseg.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -212,12 +213,6 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return store, result.stdout.strip().splitlines()[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
     import httpx
 
@@ -240,7 +235,7 @@ def live_service(
 ) -> Iterator[LiveService]:
     """`bentoml serve bento.service:RoadSegService` on a free port, without and with an API key."""
     store, run_id = tiny_store
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlruns.db'}",
