@@ -1,0 +1,144 @@
+"""Remap mechanics the pixel tests in test_remap.py / test_kitti_steps.py do not pin: the worker
+pool (capped at the cores and the files, none for one worker), hard links kept when an output is
+updated in place, the progress bar, and the class-statistics helpers' inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from roadseg.data import remap
+from roadseg.data.remap import compute_class_stats, remap_dataset, remap_mask
+
+
+@pytest.fixture(scope="module")
+def bdd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from roadseg.data.synth import synthesize_dataset
+
+    out = tmp_path_factory.mktemp("remap-bdd")
+    synthesize_dataset(out, train=3, val=2, test=1, height=32, width=48, seed=4)
+    return out
+
+
+@pytest.fixture(scope="module")
+def kitti_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from roadseg.data.kitti import synthesize_kitti
+
+    out = tmp_path_factory.mktemp("remap-kitti")
+    synthesize_kitti(out, train=3, val=2, test=1, height=24, width=32, seed=4)
+    return out
+
+
+class InlinePool:
+    """Stands in for multiprocessing.Pool: records its size, runs the tasks in this process."""
+
+    sizes: ClassVar[list[int]] = []
+
+    def __init__(self, n: int, initializer=None, initargs=()) -> None:
+        InlinePool.sizes.append(n)
+        if initializer is not None:
+            initializer(*initargs)
+
+    def imap(self, fn, tasks, chunksize=1):
+        assert callable(fn) and chunksize >= 1
+        return map(fn, list(tasks))
+
+    def __enter__(self) -> InlinePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    """Every written mask and the two JSON files (images are links, checked separately)."""
+    files = {p.relative_to(out).as_posix(): p.read_bytes()
+             for p in sorted((out / "labels").rglob("*.png"))}  # fmt: skip
+    files["class_stats.json"] = (out / "class_stats.json").read_bytes()
+    marker = json.loads((out / "remap.json").read_text())
+    marker.pop("source")
+    files["remap.json"] = json.dumps(marker).encode()
+    return files
+
+
+@pytest.mark.parametrize("dataset", ["bdd100k", "kitti_road"])
+@pytest.mark.parametrize(
+    ("workers", "cores", "pool"),
+    [(1, 4, None), (3, 4, 3), (8, 2, 2), (3, 1, None), (50, 64, "tasks"), (2, None, None)],
+)
+def test_workers_are_capped_at_cores_and_files_and_one_means_no_pool(
+    dataset, workers, cores, pool, bdd_dir, kitti_dir, params, tmp_path, monkeypatch
+) -> None:
+    """`workers` processes, at most one per core (1 when the core count is unknown) and per
+    file; one worker runs in this process. The output is the same whatever the pool."""
+    data = params.data.model_copy(update={"dataset": dataset})
+    src = bdd_dir if dataset == "bdd100k" else kitti_dir
+    want = outputs_of(src, data, tmp_path / "serial", workers=1)
+    monkeypatch.setattr(remap, "Pool", InlinePool)
+    monkeypatch.setattr(remap.os, "cpu_count", lambda: cores)
+    InlinePool.sizes = []
+    out = tmp_path / "out"
+    summary = remap_dataset(src, out, data, workers=workers, progress=False)
+    n_files = sum(s["images"] for s in summary["splits"].values())
+    assert InlinePool.sizes == ([] if pool is None else [n_files if pool == "tasks" else pool])
+    assert outputs(out) == want
+
+
+def outputs_of(src: Path, data, out: Path, workers: int) -> dict[str, bytes]:
+    remap_dataset(src, out, data, workers=workers, progress=False)
+    return outputs(out)
+
+
+@pytest.mark.parametrize("dataset", ["bdd100k", "kitti_road"])
+def test_images_stay_hard_links_when_the_output_is_updated_in_place(
+    dataset, bdd_dir, kitti_dir, params, tmp_path
+) -> None:
+    data = params.data.model_copy(update={"dataset": dataset})
+    src = bdd_dir if dataset == "bdd100k" else kitti_dir
+    out = tmp_path / "out"
+    for _ in range(2):  # the second run replaces the links it made
+        remap_dataset(src, out, data, workers=1, progress=False)
+        images = sorted((out / "images/10k").rglob("*.*"))
+        assert images and all(p.stat().st_nlink >= 2 for p in images)  # shared with the source
+    copied = tmp_path / "copied"
+    remap_dataset(src, copied, data, workers=1, progress=False, link_images=False)
+    images = sorted((copied / "images/10k").rglob("*.*"))
+    assert images and all(p.stat().st_nlink == 1 for p in images)
+
+
+@pytest.mark.parametrize("dataset", ["bdd100k", "kitti_road"])
+def test_progress_bar_counts_files_only_when_asked(
+    dataset, bdd_dir, kitti_dir, params, tmp_path, capsys
+) -> None:
+    data = params.data.model_copy(update={"dataset": dataset})
+    src = bdd_dir if dataset == "bdd100k" else kitti_dir
+    s = remap_dataset(src, tmp_path / "quiet", data, workers=1, progress=False)
+    assert capsys.readouterr().err == ""
+    remap_dataset(src, tmp_path / "loud", data, workers=1, progress=True)
+    n = sum(v["images"] for v in s["splits"].values())
+    err = capsys.readouterr().err
+    assert "remap: 100%" in err and f"{n}/{n}" in err and "file/s" in err
+
+
+def test_lookup_table_and_mask_checks_name_what_is_wrong(params) -> None:
+    lut = params.data.lookup_table()
+    mask = np.zeros((2, 2), np.uint8)
+    with pytest.raises(
+        ValueError, match=r"lookup table must be 256 uint8 entries, got \(256,\) int32"
+    ):
+        remap_mask(mask, lut.astype(np.int32))
+    with pytest.raises(ValueError, match=r"got \(255,\) uint8"):
+        remap_mask(mask, lut[:255])
+
+
+def test_class_stats_of_masks_without_ignore_pixels_names_and_ignore_index() -> None:
+    masks = [np.array([[0, 1], [1, 1]], np.uint8), [[2, 0]]]
+    s = compute_class_stats(masks, 3, 250, names=["road", "car", "sky"])
+    assert s["classes"] == ["road", "car", "sky"] and s["ignore_index"] == 250
+    assert s["pixel_counts"] == [2, 3, 1]
+    assert compute_class_stats(masks, 3, 255)["classes"] == ["0", "1", "2"]
