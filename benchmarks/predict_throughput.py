@@ -74,9 +74,8 @@ def check(model, spec, images) -> dict:
 def bench_model(name: str, path: Path, images, args) -> dict:
     model, spec, _ = load_model(path)
     batches = [images[i : i + args.batch] for i in range(0, len(images), args.batch)]
-    row = {"model": name, "input": list(spec.image_size), "batch": args.batch} | check(
-        model, spec, images
-    )
+    row = {"model": name, "input": list(spec.image_size), "batch": args.batch}
+    row |= check(model, spec, images[: args.check_images])
 
     def forward(batch) -> None:
         with torch.no_grad():
@@ -121,13 +120,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="images per predict call")
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
-    ap.add_argument("--quick", action="store_true", help="3 s x 1 round")
+    ap.add_argument("--check-images", type=int, default=16, help="images compared with old")
+    ap.add_argument("--quick", action="store_true", help="3 s x 1 round, 4 images compared")
     ap.add_argument("--models", default="demo,base64", help="demo, base64 or both")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args()
     if args.quick:
-        args.seconds, args.rounds = 3.0, 1
+        args.seconds, args.rounds, args.check_images = 3.0, 1, 4
     if args.threads:
         torch.set_num_threads(args.threads)
     images = sample_images()
