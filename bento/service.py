@@ -27,8 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from roadseg.api import Format, GuardMiddleware, RawImageBody, ServingState, error_response
-from roadseg.httpguard import install_http_guards
+from roadseg.api import Format, RawImageBody, ServingState, error_response
+from roadseg.httpguard import GuardMiddleware, install_http_guards
 from roadseg.inputs import Budget, InputError, decode_image
 from roadseg.legacy import build_legacy_app
 
