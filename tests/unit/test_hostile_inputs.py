@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -16,7 +17,14 @@ import pytest
 from PIL import Image, ImageFile
 from test_service_app import H, image_bytes, monkeypatch_module, served  # noqa: F401
 
-from roadseg.inputs import InputError, Limits, decode_image, parse_predict_json
+from roadseg.inputs import (
+    Budget,
+    InputError,
+    Limits,
+    check_zip_directory,
+    decode_image,
+    parse_predict_json,
+)
 
 LIM = Limits()
 
@@ -167,3 +175,104 @@ def test_oversized_headers_are_431_json(served, headers):  # noqa: F811
     r = client.post("/segment", files={"image": ("h.png", data)}, headers={**H, **headers})
     assert r.status_code == 431 and r.json()["error"] == "headers_too_large"
     _good_request_still_works(client)
+
+
+# ---------------------------------------------------------------- decode work and budgets
+
+
+def _progressive_jpeg(h: int = 64, w: int = 64) -> bytes:
+    arr = np.random.default_rng(1).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", progressive=True)
+    return buf.getvalue()
+
+
+def test_jpeg_with_thousands_of_scans_is_refused_before_decoding():
+    data = _progressive_jpeg()
+    last_scan = data[data.rindex(b"\xff\xda") : -2]  # repeat the final scan, as an attacker would
+    hostile = data[:-2] + last_scan * 3000 + b"\xff\xd9"
+    start = time.process_time()
+    with pytest.raises(InputError) as e:
+        decode_image(hostile, LIM)
+    assert e.value.status == 413 and e.value.problem == "too_much_decode_work"
+    assert time.process_time() - start < 0.5
+    assert decode_image(data, LIM).shape == (64, 64, 3)  # an ordinary progressive JPEG (10 scans)
+
+
+def test_png_with_a_million_empty_chunks_is_refused_cheaply():
+    png = _png(np.zeros((4, 4, 3), np.uint8))
+    iend = png.rindex(b"IEND") - 4
+    hostile = png[:iend] + _chunk(b"zzZz", b"") * 1_000_000 + png[iend:]  # 12 MB of chunks
+    start = time.process_time()
+    with pytest.raises(InputError) as e:
+        decode_image(hostile, LIM)
+    assert e.value.status == 413 and e.value.problem == "too_much_decode_work"
+    assert time.process_time() - start < 0.5
+
+
+def test_frame_header_claiming_far_more_pixels_than_the_data_holds_is_422():
+    data, _ = image_bytes(16, 16, "JPEG")
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    hostile = data[: sof + 5] + struct.pack(">HH", 6000, 6000) + data[sof + 9 :]  # 36 Mpx, 1 kB
+    start = time.process_time()
+    with pytest.raises(InputError) as e:
+        decode_image(hostile, LIM)
+    assert e.value.status == 422 and e.value.problem == "implausible_image"
+    assert time.process_time() - start < 0.5
+
+
+def test_large_uniform_images_are_not_mistaken_for_padding():
+    # The densest honest files: a flat 1-bit PNG and a flat grey JPEG, 12 Mpx each.
+    buf = io.BytesIO()
+    Image.new("1", (4000, 3000)).save(buf, format="PNG", optimize=True)
+    assert decode_image(buf.getvalue(), LIM).shape == (3000, 4000, 3)
+    buf = io.BytesIO()
+    Image.new("L", (4000, 3000), 128).save(buf, format="JPEG", quality=5)
+    assert decode_image(buf.getvalue(), LIM).shape == (3000, 4000, 3)
+
+
+def test_budget_counts_images_pixels_and_bytes_per_request():
+    budget = Budget(
+        Limits(max_zip_entries=3, max_request_pixels=1000, max_zip_uncompressed_bytes=50)
+    )
+    budget.charge("a", images=1, pixels=400, nbytes=10)
+    budget.charge("b", images=1, pixels=400, nbytes=10)
+    with pytest.raises(InputError) as e:
+        budget.charge("c", images=1, pixels=400, nbytes=10)
+    assert e.value.status == 413 and e.value.problem == "request_too_many_pixels"
+
+
+def test_zip_entry_count_is_read_from_the_end_record_first():
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(300):
+            zf.writestr(f"{i}.txt", b"")
+    data = buf.getvalue()
+    with pytest.raises(InputError) as e:
+        check_zip_directory(data, 256)
+    assert e.value.status == 413 and "300 entries" in str(e.value)
+    # an end record that lies about a huge central directory is refused before parsing it
+    end = data.rindex(b"PK\x05\x06")
+    liar = data[: end + 10] + struct.pack("<HI", 1, 50_000_000) + data[end + 16 :]
+    with pytest.raises(InputError) as e:
+        check_zip_directory(liar, 256)
+    assert e.value.status == 413
+
+
+@pytest.mark.parametrize("mode", ["P", "CMYK", "LA", "I;16", "1", "RGBA"])
+def test_unusual_modes_give_the_mask_of_their_rgb_pixels(served, mode):  # noqa: F811
+    from test_service_app import expected_mask, png_array
+
+    client, _, _, _ = served
+    rgb = Image.fromarray(image_bytes(30, 45, seed=4)[1])
+    img = rgb.convert(mode) if mode != "I;16" else rgb.convert("L").convert("I;16")
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    pixels = decode_image(buf.getvalue(), LIM)
+    assert pixels.shape == (30, 45, 3)
+    r = client.post("/segment", files={"image": (f"m.{fmt.lower()}", buf.getvalue())}, headers=H)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(png_array(r.content), expected_mask(served, pixels))

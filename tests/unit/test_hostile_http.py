@@ -1,0 +1,346 @@
+"""The HTTP layer under hostile traffic, in-process: every failure a JSON 4xx, bounded metric
+labels, body timeouts, multipart part counts, disconnect cancellation, the API key.
+
+The live counterpart (a real `bentoml serve`, raw sockets, memory) is
+tests/integration/test_hostile_live.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import json
+import time
+import zipfile
+
+import pytest
+from test_service_app import H, image_bytes, monkeypatch_module, served  # noqa: F401
+
+from roadseg.httpguard import (
+    KNOWN_ROUTES,
+    UNKNOWN_ROUTE,
+    GuardMiddleware,
+    PartCounter,
+    _refusal,
+    route_label,
+)
+from roadseg.inputs import Limits
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    return buf.getvalue()
+
+
+PNG = image_bytes(8, 8)[0]
+JSON_CT = {"content-type": "application/json"}
+# (label, method, path, request kwargs, expected status or None for "any 4xx")
+CASES = [
+    (
+        "deep JSON",
+        "post",
+        "/predict/returns-json/",
+        {"content": b"[" * 100_000, "headers": JSON_CT},
+        400,
+    ),
+    (
+        "5000-digit int",
+        "post",
+        "/predict/returns-json/",
+        {
+            "content": b'{"image_names": [' + b"7" * 5000 + b'], "images": ["x"]}',
+            "headers": JSON_CT,
+        },
+        400,
+    ),
+    ("JSON not an object", "post", "/predict/returns-json/", {"json": [1, 2]}, 422),
+    (
+        "JSON images not strings",
+        "post",
+        "/predict/returns-json/",
+        {"json": {"image_names": ["a"], "images": [{"x": 1}]}},
+        422,
+    ),
+    (
+        "empty JSON body",
+        "post",
+        "/predict/returns-json/",
+        {"content": b"", "headers": JSON_CT},
+        400,
+    ),
+    (
+        "binary as JSON",
+        "post",
+        "/predict/returns-json/",
+        {"content": b"\xff\xfe\x00", "headers": JSON_CT},
+        400,
+    ),
+    ("empty /segment", "post", "/segment", {"content": b""}, 400),
+    (
+        "text as image",
+        "post",
+        "/segment",
+        {"content": b"hello", "headers": {"content-type": "text/plain"}},
+        415,
+    ),
+    (
+        "GIF",
+        "post",
+        "/segment",
+        {"files": {"image": ("a.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")}},
+        None,
+    ),
+    ("3000 parts", "post", "/segment", {"files": [("image", ("a.png", b"x"))] * 3000}, 413),
+    (
+        "3000 fields",
+        "post",
+        "/predict-image/returns-zip/",
+        {"data": {f"f{i}": "1" for i in range(3000)}, "files": {"files": ("a.png", PNG)}},
+        413,
+    ),
+    ("no files part", "post", "/predict-image/returns-zip/", {"data": {"x": "1"}}, 422),
+    (
+        "ZIP of nothing",
+        "post",
+        "/predict-image/returns-zip/",
+        {"files": {"files": ("z.zip", _zip({"a.txt": b"x"}))}},
+        400,
+    ),
+    (
+        "ZIP with ../",
+        "post",
+        "/predict-image/returns-zip/",
+        {"files": {"files": ("z.zip", _zip({"../../etc/x.png": PNG}))}},
+        400,
+    ),
+    (
+        "broken ZIP",
+        "post",
+        "/predict-image/returns-zip/",
+        {"files": {"files": ("z.zip", b"PK\x03\x04" + b"\0" * 40)}},
+        400,
+    ),
+    (
+        "video not a video",
+        "post",
+        "/predict-video/returns-zip/",
+        {"files": {"file": ("v.mp4", b"\0" * 64)}},
+        415,
+    ),
+    (
+        "video bad suffix",
+        "post",
+        "/predict-video/returns-zip/",
+        {"files": {"file": ("v.exe", b"\0" * 64)}},
+        415,
+    ),
+    (
+        "video garbage mp4",
+        "post",
+        "/predict-video/returns-zip/",
+        {"files": {"file": ("v.mp4", b"\0\0\0\x18ftypisom" + b"\x07" * 500)}},
+        400,
+    ),
+    ("upload bad format", "post", "/upload?format=%00", {"files": {"file": ("a.png", PNG)}}, 422),
+    ("GET on POST route", "get", "/segment", {}, 405),
+    ("PUT on legacy route", "put", "/upload", {}, 405),
+    ("unknown path", "get", "/../../etc/passwd", {}, 404),
+    (
+        "format query junk",
+        "post",
+        "/segment?format=%ff%fe",
+        {"files": {"image": ("a.png", PNG)}},
+        422,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "method", "path", "kwargs", "status"), CASES, ids=[c[0] for c in CASES]
+)
+def test_every_failure_is_a_json_4xx(served, label, method, path, kwargs, status):  # noqa: F811
+    client, _, _, _ = served
+    headers = {**H, **kwargs.pop("headers", {})}
+    r = getattr(client, method)(path, headers=headers, **kwargs)
+    assert 400 <= r.status_code < 500, (label, r.status_code, r.text[:300])
+    if status is not None:
+        assert r.status_code == status, (label, r.text[:300])
+    body = r.json()
+    assert isinstance(body, dict) and "error" in body, r.text[:300]
+    assert "Traceback" not in r.text and "/work/" not in r.text and ".py" not in r.text
+    ok = client.post("/segment", files={"image": ("g.png", PNG)}, headers=H)
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "name", ["a\x00b.png", "../../x.png", "c\x01\x7f\u202e.png", "\ud800.png"[1:]]
+)
+def test_hostile_file_names_give_safe_unique_zip_names(served, name):  # noqa: F811
+    client, _, _, _ = served
+    files = [("files", (name, PNG)), ("files", (name, PNG))]
+    r = client.post("/predict-image/returns-zip/", files=files, headers=H)
+    assert r.status_code == 200, r.text
+    names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    assert len(set(names)) == len(names) == 6
+    assert all(n.isprintable() and ".." not in n and n.count("/") == 1 for n in names)
+
+
+def test_pixel_budget_spans_parts_and_json(served, monkeypatch):  # noqa: F811
+    import dataclasses
+
+    import bentoml
+
+    client, _, _, _ = served
+    client.get("/readyz")
+    state = bentoml.get_current_service().state
+    monkeypatch.setattr(state, "limits", dataclasses.replace(state.limits, max_request_pixels=5000))
+    img = image_bytes(40, 50)[0]  # 2000 px: two fit, three do not
+    two, three = [("files", ("a.png", img))] * 2, [("files", ("a.png", img))] * 3
+    assert client.post("/predict-image/returns-zip/", files=two, headers=H).status_code == 200
+    for r in (
+        client.post("/predict-image/returns-zip/", files=three, headers=H),
+        client.post(
+            "/predict-image/returns-zip/",
+            files={"files": ("z.zip", _zip({f"{i}.png": img for i in range(3)}))},
+            headers=H,
+        ),
+        client.post(
+            "/predict/returns-json/",
+            json={
+                "image_names": ["a"] * 3,
+                "images": [__import__("base64").b64encode(img).decode()] * 3,
+            },
+            headers=H,
+        ),
+        client.post("/segment", files={"image": ("big.png", image_bytes(80, 80)[0])}, headers=H),
+        client.post(
+            "/upload?format=mask", files={"file": ("big.png", image_bytes(80, 80)[0])}, headers=H
+        ),
+    ):
+        assert r.status_code == 413 and r.json()["error"] == "request_too_many_pixels", r.text
+
+
+def test_metric_labels_do_not_grow_with_random_paths(served):  # noqa: F811
+    import prometheus_client
+
+    client, _, _, _ = served
+
+    def endpoints() -> set[str]:
+        out = set()
+        for metric in prometheus_client.REGISTRY.collect():
+            for sample in metric.samples:
+                if "endpoint" in sample.labels:
+                    out.add(sample.labels["endpoint"])
+        return out
+
+    client.get("/nothing-here-0")
+    before = endpoints()
+    for i in range(200):
+        client.get(f"/random-{i}/x{i}")  # unauthenticated
+        client.post(f"/p{i}", headers=H)
+    after = endpoints()
+    assert after == before and UNKNOWN_ROUTE in after
+    assert not any("random" in e for e in after)
+
+
+def test_known_routes_cover_every_route_of_the_service():
+    from bento.service import RoadSegService
+    from roadseg.legacy import build_legacy_app
+
+    legacy = {getattr(r, "path", "") for r in build_legacy_app(lambda: None).routes}
+    typed = {api.route for api in RoadSegService.apis.values()}
+    assert (legacy | typed) - {""} <= KNOWN_ROUTES
+    assert route_label("/ui/app.js") == "/ui" and route_label("/segmentx") == UNKNOWN_ROUTE
+
+
+def test_api_key_is_one_header_compared_in_constant_time():
+    from roadseg.api import ServingState
+
+    state = ServingState(api_key="k")
+    scope = lambda *h: {"path": "/segment", "headers": list(h)}  # noqa: E731
+    assert _refusal(scope((b"x-api-key", b"k")), state) is None
+    assert _refusal(scope((b"authorization", b"Bearer k")), state) is None
+    for headers in [
+        ((b"x-api-key", b"k"), (b"x-api-key", b"k")),
+        ((b"x-api-key", b"wrong"), (b"x-api-key", b"k")),
+        ((b"x-api-key", b"k"), (b"authorization", b"Bearer k")),
+        ((b"x-api-key", b"K"),),
+    ]:
+        assert _refusal(scope(*headers), state)[0] == 401
+    assert "hmac.compare_digest" in inspect.getsource(_refusal)
+
+
+def test_part_counter_finds_boundaries_split_across_chunks():
+    scope = {"headers": [(b"content-type", b'multipart/form-data; boundary="xyz"')]}
+    body = b"--xyz\r\na\r\n--xyz\r\nb\r\n--xyz\r\nc\r\n--xyz--"  # 3 parts
+    for limit, refused in ((3, False), (2, True)):
+        counter = PartCounter(scope, limit)
+        results = [counter.add(body[i : i + 3]) for i in range(0, len(body), 3)]
+        assert counter.count == 4 and any(results) is refused
+
+
+# ---------------------------------------------------------------- the guard on a bare ASGI app
+
+
+def _run_guard(app, messages, limits: Limits, *, gap: float = 0.0):
+    """Drive GuardMiddleware(app) with `messages` (then silence); return (sent, seconds)."""
+    from roadseg.api import ServingState
+
+    sent: list[dict] = []
+    queue = list(messages)
+
+    async def receive() -> dict:
+        if queue:
+            await asyncio.sleep(gap)
+            return queue.pop(0)
+        await asyncio.sleep(3600)  # the client sends nothing more
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/upload", "method": "POST", "headers": []}
+    guard = GuardMiddleware(app, ServingState(limits=limits))
+    start = time.perf_counter()
+    asyncio.run(asyncio.wait_for(guard(scope, receive, send), 10))
+    return sent, time.perf_counter() - start
+
+
+async def _read_body_app(scope, receive, send) -> None:
+    while (await receive()).get("more_body", False):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_lying_content_length_gets_408_within_the_body_timeout():
+    limits = Limits(body_timeout_seconds=0.3, max_body_seconds=5)
+    first = {"type": "http.request", "body": b"abc", "more_body": True}
+    sent, seconds = _run_guard(_read_body_app, [first], limits)
+    assert sent[0]["status"] == 408 and seconds < 2
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"] == "body_timeout"
+
+
+def test_trickled_body_gets_408_at_the_total_deadline():
+    limits = Limits(body_timeout_seconds=1, max_body_seconds=0.5)
+    drip = [{"type": "http.request", "body": b"x", "more_body": True}] * 100
+    sent, seconds = _run_guard(_read_body_app, drip, limits, gap=0.05)
+    assert sent[0]["status"] == 408 and seconds < 2
+
+
+def test_client_hang_up_cancels_the_route_before_its_work():
+    done: list[str] = []
+
+    async def slow_app(scope, receive, send) -> None:
+        await receive()
+        await asyncio.sleep(5)  # decoding and inference would run here
+        done.append("worked")
+
+    messages = [{"type": "http.request", "body": b"img"}, {"type": "http.disconnect"}]
+    sent, seconds = _run_guard(slow_app, messages, Limits())
+    assert done == [] and sent == [] and seconds < 2
