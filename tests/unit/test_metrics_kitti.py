@@ -46,6 +46,9 @@ def test_operating_point_where_precision_is_one_half() -> None:
     # k = 0: TP 8 FP 32 -> F 0.4; 1..10: TP 8 FP 2 -> P 0.8 R 1 F 8/9 (MaxF); 11..200: P 0.5 R 0.25
     assert t["maxf"] == pytest.approx(8 / 9) and t["threshold"] == 1 / 255
     assert t["fpr"] == pytest.approx(2 / 32) and t["fnr"] == 0.0
+    # one road and one not-road pixel, both at 200: the only point has TP = FP = 1
+    half = maxf_score(hist({200: 1}, {200: 1}))
+    assert half["precision"] == 0.5 and half["maxf"] == pytest.approx(2 / 3)
 
 
 def test_false_negative_rate_is_a_share_of_the_road_pixels() -> None:
@@ -88,5 +91,5 @@ def test_quantize_rounds_the_exact_value_whatever_the_float_type() -> None:
     p16 = np.array([0.01765], np.float16)
     assert quantize(p16).tolist() == [5] == quantize(p16.astype(np.float64)).tolist()
     for bad in ([-0.1], [1.5], [np.nan]):
-        with pytest.raises(ValueError, match=r"road probabilities must lie in \[0, 1\]"):
+        with pytest.raises(ValueError, match=r"^road probabilities must lie in \[0, 1\]$"):
             quantize(np.array(bad))
