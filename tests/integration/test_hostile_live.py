@@ -1,0 +1,425 @@
+"""Hostile traffic against a live `bentoml serve` (uvicorn + httptools, an API key): slowloris and
+lying bodies on raw sockets, a hang-up, random paths against the metrics, and a generated battery
+of hostile payloads. Each case asserts its status, that the service still answers and that a good
+request still succeeds; over the whole module the server's process tree may grow by less than
+RSS_BOUND_MB of resident memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import select
+import socket
+import struct
+import time
+import zipfile
+import zlib
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from roadseg.launcher import params_with, running_service, save_random_checkpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+KEY = "hostile-live-key"
+H = {"X-API-Key": KEY}
+RSS_BOUND_MB = 300
+HEADER_TIMEOUT, BODY_TIMEOUT, MAX_BODY_SECONDS = 2, 2, 6
+
+
+def flat_png(h: int, w: int, seed: int = 0) -> bytes:
+    """A large but small-to-send image: smooth gradients compress well."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([(xx + seed) % 256, yy % 256, (xx // 7 + yy // 5) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png(h: int = 32, w: int = 48, seed: int = 0) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def tree_rss_mb(port: int) -> float:
+    """Resident memory of the server on PORT: every process of its process group (the
+    `bentoml serve` session: arbiter and workers; the serve process retitles itself)."""
+    pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port}
+    pids.discard(None)
+    assert pids, f"nothing listens on port {port}"
+    group = os.getpgid(pids.pop())
+    total = 0
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == group:
+                total += proc.memory_info().rss
+    return total / 2**20
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("hostile-live")
+    save_random_checkpoint(tmp / "model.pt", base_channels=4, seed=2, epoch=1)
+    params = params_with(
+        tmp / "params.yaml",
+        {
+            "max_request_bytes: 52428800": "max_request_bytes: 8000000",
+            "max_image_pixels: 40000000": "max_image_pixels: 4000000",
+            "max_zip_uncompressed_bytes: 209715200": "max_zip_uncompressed_bytes: 8000000",
+            "max_request_pixels: 250000000": "max_request_pixels: 6000000",
+            "header_timeout_seconds: 10": f"header_timeout_seconds: {HEADER_TIMEOUT}",
+            "body_timeout_seconds: 15": f"body_timeout_seconds: {BODY_TIMEOUT}",
+            "max_body_seconds: 120": f"max_body_seconds: {MAX_BODY_SECONDS}",
+        },
+    )
+    env = {
+        "ROADSEG_MODEL_URI": str(tmp / "model.pt"),
+        "ROADSEG_PARAMS": str(params),
+        "ROADSEG_MONITOR_DIR": str(tmp / "monitoring"),
+        "ROADSEG_API_KEY": KEY,
+        "BENTOML_HOME": str(tmp / "bentoml"),
+        "TMPDIR": str(tmp),
+    }
+    with (
+        running_service(env, log_path=tmp / "serve.log") as url,
+        httpx.Client(base_url=url, headers=H, timeout=60) as client,
+    ):
+        port = int(url.rsplit(":", 1)[1])
+        assert client.post("/segment", files={"image": ("w.png", png())}).status_code == 200
+        yield client, port, tmp, tree_rss_mb(port)
+
+
+def still_serving(client: httpx.Client) -> None:
+    assert client.get("/readyz").status_code == 200
+    r = client.post("/segment", files={"image": ("good.png", png(20, 30))})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (30, 20)
+
+
+def raw(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.settimeout(30)
+    return s
+
+
+def read_until_closed(s: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and when it closed."""
+    start, got = time.monotonic(), b""
+    s.settimeout(limit)
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return got, time.monotonic() - start
+
+
+# ---------------------------------------------------------------- the connection layer
+
+
+def test_slowloris_header_trickle_is_cut_off(live) -> None:
+    client, port, _, _ = live
+    s = raw(port)
+    start, answer = time.monotonic(), None
+    s.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\n")
+    for i in range(80):  # one header line every 0.25 s, never finishing
+        if select.select([s], [], [], 0.25)[0]:
+            answer = s.recv(65536)  # the 408, or b"" once closed
+            break
+        try:
+            s.sendall(f"X-Drip-{i}: a\r\n".encode())
+        except (BrokenPipeError, ConnectionResetError):
+            answer = b""
+            break
+    elapsed = time.monotonic() - start
+    s.close()
+    assert answer is not None and elapsed < HEADER_TIMEOUT + 2, elapsed
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    still_serving(client)
+
+
+def test_silent_connection_is_closed_with_408(live) -> None:
+    client, port, _, _ = live
+    s = raw(port)
+    got, seconds = read_until_closed(s, HEADER_TIMEOUT + 5)
+    s.close()
+    assert got.startswith(b"HTTP/1.1 408") and b"header_timeout" in got, got[:200]
+    assert seconds < HEADER_TIMEOUT + 2
+    still_serving(client)
+
+
+def test_endless_header_is_refused_431(live) -> None:
+    client, port, _, _ = live
+    s = raw(port)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000)
+    got, _ = read_until_closed(s, 10)
+    s.close()
+    assert got.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), got[:200]
+    still_serving(client)
+
+
+def test_lying_content_length_gets_408(live) -> None:
+    client, port, _, _ = live
+    s = raw(port)
+    head = (
+        f"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: image/png\r\n"
+        "Content-Length: 100000\r\n\r\n"
+    )
+    s.sendall(head.encode() + png()[:100])
+    got, seconds = read_until_closed(s, BODY_TIMEOUT + 10)
+    s.close()
+    assert got.startswith(b"HTTP/1.1 408") and b"body_timeout" in got, got[:300]
+    assert seconds < BODY_TIMEOUT + 2
+    still_serving(client)
+
+
+def test_trickled_body_hits_the_total_deadline(live) -> None:
+    client, port, _, _ = live
+    s = raw(port)
+    head = (
+        f"POST /segment HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: image/png\r\n"
+        "Content-Length: 100000\r\n\r\n"
+    )
+    s.sendall(head.encode())
+    start, answered = time.monotonic(), b""
+    s.settimeout(0.5)
+    while time.monotonic() - start < MAX_BODY_SECONDS + 6:
+        try:
+            s.sendall(b"x" * 10)  # always within the per-chunk timeout, never done
+            answered += s.recv(65536)
+            if answered:
+                break
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    seconds = time.monotonic() - start
+    s.close()
+    assert answered.startswith(b"HTTP/1.1 408"), answered[:200]
+    assert seconds < MAX_BODY_SECONDS + 2
+    still_serving(client)
+
+
+def test_hung_up_request_is_not_inferred(live) -> None:
+    client, port, tmp, _ = live
+
+    def rows() -> int:
+        return sum(len(f.read_text().splitlines()) for f in (tmp / "monitoring").rglob("*.*"))
+
+    time.sleep(1)
+    before = rows()
+    members = {f"{i}.png": flat_png(700, 700, seed=i) for i in range(8)}  # ~4 Mpx to decode
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    body = buf.getvalue()
+    boundary = "hangup0boundary"
+    payload = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="z.zip"\r\n'
+            f"Content-Type: application/zip\r\n\r\n"
+        ).encode()
+        + body
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /predict-image/returns-zip/ HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    s = raw(port)
+    s.sendall(head.encode() + payload)
+    s.close()  # hang up at once
+    time.sleep(6)
+    assert rows() - before < 8  # the 8 images were not all inferred (usually none is)
+    still_serving(client)
+
+
+def test_random_paths_do_not_grow_metric_labels(live) -> None:
+    client, _, _, _ = live
+    base = str(client.base_url)
+
+    def endpoints() -> set[str]:
+        text = httpx.get(f"{base}/metrics").text
+        return {
+            line.split('endpoint="', 1)[1].split('"', 1)[0]
+            for line in text.splitlines()
+            if 'endpoint="' in line and not line.startswith("#")
+        }
+
+    httpx.get(f"{base}/warm-up-unknown")
+    before = endpoints()
+    with httpx.Client(base_url=base, timeout=30) as anonymous:
+        for i in range(200):
+            anonymous.get(f"/r{i}/{i * 7919}")
+    after = endpoints()
+    assert len(after) <= len(before) + 1, sorted(after - before)[:10]
+    assert not any(e.startswith("/r1") for e in after)
+    still_serving(client)
+
+
+# ---------------------------------------------------------------- a generated battery
+
+
+def progressive_scans_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="JPEG", progressive=True)
+    data = buf.getvalue()
+    scan = data[data.rindex(b"\xff\xda") : -2]
+    return data[:-2] + scan * 5000 + b"\xff\xd9"
+
+
+def chunky_png() -> bytes:
+    p = png(4, 4)
+    end = p.rindex(b"IEND") - 4
+    return p[:end] + _chunk(b"zzZz", b"") * 500_000 + p[end:]  # 6 MB of empty chunks
+
+
+def padded_jpeg() -> bytes:
+    arr = np.zeros((16, 16, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    data = buf.getvalue()
+    sof = data.index(b"\xff\xc0")
+    return data[: sof + 5] + struct.pack(">HH", 1900, 1900) + data[sof + 9 :]  # 3.6 Mpx claimed
+
+
+def bomb_png(side: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 10)
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
+
+
+def bzip_bomb_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("a.png", png(8, 8))
+        zf.writestr("b.png", b"\0" * 50_000_000)  # 50 MB of zeros in a few hundred bytes
+    return buf.getvalue()
+
+
+def big_image_zip(n: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(n):
+            zf.writestr(f"{i}.png", flat_png(1000, 1000, seed=i))
+    return buf.getvalue()
+
+
+def json_body(raw: bytes) -> dict:
+    return {"content": raw, "headers": {"Content-Type": "application/json"}}
+
+
+def one(field: str, name: str, data: bytes) -> dict:
+    return {"files": {field: (name, data)}}
+
+
+B64 = lambda data: base64.b64encode(data)  # noqa: E731
+# (label, route, request kwargs made when the case runs, status)
+BATTERY = [
+    ("scan bomb", "/segment", lambda: one("image", "s.jpg", progressive_scans_jpeg()), 413),
+    ("chunk bomb", "/segment", lambda: one("image", "c.png", chunky_png()), 413),
+    ("padded header", "/segment/json", lambda: one("image", "p.jpg", padded_jpeg()), 422),
+    ("pixel bomb", "/segment", lambda: one("image", "b.png", bomb_png(30000)), 413),
+    ("PIL bomb band", "/upload", lambda: one("file", "b.png", bomb_png(10000)), 413),
+    (
+        "bzip2 bombs x3",
+        "/predict-image/returns-zip/",
+        lambda: {"files": [("files", ("z.zip", bzip_bomb_zip()))] * 3},
+        413,
+    ),
+    (
+        "7 Mpx in one ZIP",
+        "/predict-image/returns-zip/",
+        lambda: one("files", "z.zip", big_image_zip(7)),
+        413,
+    ),
+    (
+        "over the image pixel limit",
+        "/segment/json",
+        lambda: one("image", "f.png", flat_png(2000, 2100)),
+        413,
+    ),
+    (
+        "deep JSON",
+        "/predict/returns-json/",
+        lambda: json_body(b"[" * 200_000 + b"]" * 200_000),
+        400,
+    ),
+    (
+        "5000 digits",
+        "/predict/returns-json/",
+        lambda: json_body(b'{"images": [' + b"9" * 5000 + b"]}"),
+        400,
+    ),
+    (
+        "surrogate name",
+        "/predict/returns-json/",
+        lambda: json_body(b'{"image_names": ["\\ud800"], "images": ["' + B64(png()) + b'"]}'),
+        422,
+    ),
+    (
+        "300 JSON images",
+        "/predict/returns-json/",
+        lambda: {"json": {"image_names": ["a"] * 300, "images": [B64(png(4, 4)).decode()] * 300}},
+        413,
+    ),
+    (
+        "5000 parts",
+        "/predict-image/returns-zip/",
+        lambda: {"files": [("files", ("a.png", png(4, 4)))] * 5000},
+        413,
+    ),
+    (
+        "garbage mp4",
+        "/predict-video/returns-zip/",
+        lambda: one("file", "v.mp4", b"\0\0\0\x18ftypisom" + b"\0" * 64),
+        400,
+    ),
+    ("not a video", "/predict-video/returns-zip/", lambda: one("file", "v.mp4", b"hello"), 415),
+    ("empty body", "/segment", lambda: {"content": b""}, 400),
+    (
+        "XML body",
+        "/segment",
+        lambda: {"content": b"<a/>", "headers": {"Content-Type": "application/xml"}},
+        415,
+    ),
+    ("too wide for a JPEG answer", "/upload", lambda: one("file", "w.png", png(1, 66000)), 413),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "path", "kwargs", "status"), BATTERY, ids=[b[0] for b in BATTERY]
+)
+def test_battery(live, label, path, kwargs, status) -> None:
+    client, _, _, _ = live
+    request = kwargs()
+    start = time.monotonic()
+    r = client.post(path, **request)
+    assert r.status_code == status, (label, r.status_code, r.text[:300])
+    body = r.json()
+    assert body["status"] == status and "Traceback" not in r.text and ".py" not in r.text
+    assert time.monotonic() - start < 15, label
+    still_serving(client)
+
+
+def test_memory_stayed_bounded(live) -> None:
+    client, port, _, start_mb = live
+    now = tree_rss_mb(port)
+    print(f"\nserver process tree RSS: {start_mb:.0f} MB at start, {now:.0f} MB after the battery")
+    assert now - start_mb < RSS_BOUND_MB, (start_mb, now)
+    still_serving(client)
