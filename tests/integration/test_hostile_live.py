@@ -7,21 +7,18 @@ RSS_BOUND_MB of resident memory.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import os
 import select
 import socket
-import struct
 import time
 import zipfile
-import zlib
 
 import httpx
-import numpy as np
 import psutil
 import pytest
+from hostile_payloads import BATTERY, flat_png, png
 from PIL import Image
 
 from roadseg.launcher import params_with, running_service, save_random_checkpoint
@@ -31,26 +28,6 @@ KEY = "hostile-live-key"
 H = {"X-API-Key": KEY}
 RSS_BOUND_MB = 300
 HEADER_TIMEOUT, BODY_TIMEOUT, MAX_BODY_SECONDS = 2, 2, 6
-
-
-def flat_png(h: int, w: int, seed: int = 0) -> bytes:
-    """A large but small-to-send image: smooth gradients compress well."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    arr = np.stack([(xx + seed) % 256, yy % 256, (xx // 7 + yy // 5) % 256], -1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def png(h: int = 32, w: int = 48, seed: int = 0) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def tree_rss_mb(port: int) -> float:
@@ -271,135 +248,6 @@ def test_random_paths_do_not_grow_metric_labels(live) -> None:
 
 
 # ---------------------------------------------------------------- a generated battery
-
-
-def progressive_scans_jpeg() -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="JPEG", progressive=True)
-    data = buf.getvalue()
-    scan = data[data.rindex(b"\xff\xda") : -2]
-    return data[:-2] + scan * 5000 + b"\xff\xd9"
-
-
-def chunky_png() -> bytes:
-    p = png(4, 4)
-    end = p.rindex(b"IEND") - 4
-    return p[:end] + _chunk(b"zzZz", b"") * 500_000 + p[end:]  # 6 MB of empty chunks
-
-
-def padded_jpeg() -> bytes:
-    arr = np.zeros((16, 16, 3), np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG")
-    data = buf.getvalue()
-    sof = data.index(b"\xff\xc0")
-    return data[: sof + 5] + struct.pack(">HH", 1900, 1900) + data[sof + 9 :]  # 3.6 Mpx claimed
-
-
-def bomb_png(side: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 10)
-    return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-    )
-
-
-def bzip_bomb_zip() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as zf:
-        zf.writestr("a.png", png(8, 8))
-        zf.writestr("b.png", b"\0" * 50_000_000)  # 50 MB of zeros in a few hundred bytes
-    return buf.getvalue()
-
-
-def big_image_zip(n: int) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for i in range(n):
-            zf.writestr(f"{i}.png", flat_png(1000, 1000, seed=i))
-    return buf.getvalue()
-
-
-def json_body(raw: bytes) -> dict:
-    return {"content": raw, "headers": {"Content-Type": "application/json"}}
-
-
-def one(field: str, name: str, data: bytes) -> dict:
-    return {"files": {field: (name, data)}}
-
-
-B64 = lambda data: base64.b64encode(data)  # noqa: E731
-# (label, route, request kwargs made when the case runs, status)
-BATTERY = [
-    ("scan bomb", "/segment", lambda: one("image", "s.jpg", progressive_scans_jpeg()), 413),
-    ("chunk bomb", "/segment", lambda: one("image", "c.png", chunky_png()), 413),
-    ("padded header", "/segment/json", lambda: one("image", "p.jpg", padded_jpeg()), 422),
-    ("pixel bomb", "/segment", lambda: one("image", "b.png", bomb_png(30000)), 413),
-    ("PIL bomb band", "/upload", lambda: one("file", "b.png", bomb_png(10000)), 413),
-    (
-        "bzip2 bombs x3",
-        "/predict-image/returns-zip/",
-        lambda: {"files": [("files", ("z.zip", bzip_bomb_zip()))] * 3},
-        413,
-    ),
-    (
-        "7 Mpx in one ZIP",
-        "/predict-image/returns-zip/",
-        lambda: one("files", "z.zip", big_image_zip(7)),
-        413,
-    ),
-    (
-        "over the image pixel limit",
-        "/segment/json",
-        lambda: one("image", "f.png", flat_png(2000, 2100)),
-        413,
-    ),
-    (
-        "deep JSON",
-        "/predict/returns-json/",
-        lambda: json_body(b"[" * 200_000 + b"]" * 200_000),
-        400,
-    ),
-    (
-        "5000 digits",
-        "/predict/returns-json/",
-        lambda: json_body(b'{"images": [' + b"9" * 5000 + b"]}"),
-        400,
-    ),
-    (
-        "surrogate name",
-        "/predict/returns-json/",
-        lambda: json_body(b'{"image_names": ["\\ud800"], "images": ["' + B64(png()) + b'"]}'),
-        422,
-    ),
-    (
-        "300 JSON images",
-        "/predict/returns-json/",
-        lambda: {"json": {"image_names": ["a"] * 300, "images": [B64(png(4, 4)).decode()] * 300}},
-        413,
-    ),
-    (
-        "5000 parts",
-        "/predict-image/returns-zip/",
-        lambda: {"files": [("files", ("a.png", png(4, 4)))] * 5000},
-        413,
-    ),
-    (
-        "garbage mp4",
-        "/predict-video/returns-zip/",
-        lambda: one("file", "v.mp4", b"\0\0\0\x18ftypisom" + b"\0" * 64),
-        400,
-    ),
-    ("not a video", "/predict-video/returns-zip/", lambda: one("file", "v.mp4", b"hello"), 415),
-    ("empty body", "/segment", lambda: {"content": b""}, 400),
-    (
-        "XML body",
-        "/segment",
-        lambda: {"content": b"<a/>", "headers": {"Content-Type": "application/xml"}},
-        415,
-    ),
-    ("too wide for a JPEG answer", "/upload", lambda: one("file", "w.png", png(1, 66000)), 413),
-]
 
 
 @pytest.mark.parametrize(

@@ -276,3 +276,36 @@ def test_unusual_modes_give_the_mask_of_their_rgb_pixels(served, mode):  # noqa:
     r = client.post("/segment", files={"image": (f"m.{fmt.lower()}", buf.getvalue())}, headers=H)
     assert r.status_code == 200, r.text
     np.testing.assert_array_equal(png_array(r.content), expected_mask(served, pixels))
+
+
+def test_video_title_claiming_a_short_duration_is_caught_while_decoding(tmp_path):
+    import imageio_ffmpeg
+
+    from roadseg.video import read_video
+
+    path = tmp_path / "liar.mp4"
+    gen = imageio_ffmpeg.write_frames(
+        str(path),
+        (32, 32),
+        fps=10,
+        macro_block_size=1,
+        output_params=["-metadata", "title=Duration: 00:00:01.00"],
+    )
+    gen.send(None)
+    for i in range(30):  # 3 s of video
+        gen.send(np.full((32, 32, 3), i * 8, np.uint8))
+    gen.close()
+    info, batches = read_video(path, Limits(max_video_seconds=2.0))
+    assert info.seconds == 1.0  # the header parser was fooled by the title
+    with pytest.raises(InputError) as e:
+        for _ in batches:
+            pass
+    assert e.value.status == 413 and e.value.problem == "video_too_long"
+
+
+def test_frames_too_large_for_h264_are_refused_from_the_header():
+    from roadseg.video import VideoInfo, _problems
+
+    problems = _problems(VideoInfo(25.0, 1.0, 20000, 2), Limits())
+    assert problems and problems[0][:2] == (413, "too_large_for_h264")
+    assert _problems(VideoInfo(25.0, 1.0, 1920, 1080), Limits()) == []
