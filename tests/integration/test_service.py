@@ -9,46 +9,27 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import zipfile
-import zlib
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from service_helpers import (  # noqa: F401 (fixtures)
+    KEY,
+    bomb_png,
+    check_error,
+    keyed_requests,
+    pixels_of,
+    png,
+    reference,
+    streamlit_view_page,
+    zipped,
+)
 
-from roadseg.launcher import register_random_model, running_service
+from roadseg.launcher import params_with, register_random_model, running_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-KEY = "s3cret-test-key"
-
-
-def png(h: int = 48, w: int = 64, fmt: str = "PNG", seed: int = 0) -> bytes:
-    buf = io.BytesIO()
-    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def bomb_png(w: int, h: int) -> bytes:
-    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
-        + chunk(b"IEND", b"")
-    )
-
-
-def zipped(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for n, d in members.items():
-            zf.writestr(n, d)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +37,16 @@ def service(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("serve")
     tracking = f"sqlite:///{tmp / 'mlflow.db'}"
     version = register_random_model(tracking)
-    params = tmp / "params.yaml"
-    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
-    limits = {
-        "max_request_bytes: 52428800": "max_request_bytes: 3000000",
-        "max_image_pixels: 40000000": "max_image_pixels: 1000000",
-        "max_zip_entries: 256": "max_zip_entries: 8",
-        "max_zip_uncompressed_bytes: 209715200": "max_zip_uncompressed_bytes: 2000000",
-        "max_video_frames: 900": "max_video_frames: 20",
-    }
-    for old, new in limits.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    params.write_text(text)
+    params = params_with(
+        tmp / "params.yaml",
+        {
+            "max_request_bytes: 52428800": "max_request_bytes: 3000000",
+            "max_image_pixels: 40000000": "max_image_pixels: 1000000",
+            "max_zip_entries: 256": "max_zip_entries: 8",
+            "max_zip_uncompressed_bytes: 209715200": "max_zip_uncompressed_bytes: 2000000",
+            "max_video_frames: 900": "max_video_frames: 20",
+        },
+    )
     (tmp / "tmp").mkdir()
     env = {
         "MLFLOW_TRACKING_URI": tracking,
@@ -84,13 +62,6 @@ def service(tmp_path_factory: pytest.TempPathFactory):
         httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=120) as client,
     ):
         yield client, version, tmp
-
-
-def check_error(r: httpx.Response, status: int, words: str) -> None:
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert words.lower() in body["detail"].lower(), body
-    assert r.headers["x-model-version"]
 
 
 def test_health_metadata_classes_docs(service) -> None:
@@ -253,68 +224,10 @@ def test_api_key_and_still_serving(service) -> None:
 
 
 # ---------------------------------------------------------------- the original clients, live
-# Written from reading Mairex1337/U-Net-SSeg (streamlit/utils/api_client.py, streamlit/pages/,
-# scripts/json_img.py) and the KITTI road server (www/main.py): the same requests, the same
-# parsing. Those clients send no API key; here a session hook adds it, as a gateway would.
+# (how they were written: tests/integration/service_helpers.py)
 
 
-@pytest.fixture
-def keyed_requests(monkeypatch: pytest.MonkeyPatch):
-    import requests
-
-    original = requests.Session.request
-
-    def request(self, method, url, **kwargs):
-        kwargs["headers"] = {**(kwargs.get("headers") or {}), "X-API-Key": KEY}
-        return original(self, method, url, **kwargs)
-
-    monkeypatch.setattr(requests.Session, "request", request)
-    return requests
-
-
-@pytest.fixture(scope="module")
-def reference(service):
-    """What the served version answers in-process (`roadseg.serving.predict`) for some pixels:
-    every client's answer below is compared with it, pixel by pixel."""
-    import mlflow
-
-    from roadseg.modelio import load_model
-    from roadseg.serving import predict
-
-    _, version, tmp = service
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
-    try:
-        model, spec, _ = load_model(f"models:/roadseg-unet/{version}")
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return (lambda pixels: predict(model, [pixels], spec)[0]), spec
-
-
-def pixels_of(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)))
-
-
-def streamlit_view_page(result: io.BytesIO) -> list[tuple]:
-    """What the view page shows: (original, segmented, name) image triples, or for a video
-    the two .mp4 members as (bytes, name) pairs with the `predicted` one identified."""
-    with zipfile.ZipFile(result) as z:
-        names = z.namelist()
-        videos = [n for n in names if n.endswith(".mp4")]
-        if videos:
-            return [(z.read(n), n.rsplit("/", 1)[-1]) for n in videos]
-        exts = (".png", ".jpg", ".jpeg")
-        originals = {n: z.read(n) for n in names if n.startswith("images/") and n.endswith(exts)}
-        colored = {n: z.read(n) for n in names if n.startswith("pred_color/") and n.endswith(exts)}
-        shown = []
-        for n, data in originals.items():
-            base = n.rsplit("/", 1)[-1]
-            if f"pred_color/{base}" in colored:
-                shown.append((data, colored[f"pred_color/{base}"], base))
-        return shown
-
-
-def test_streamlit_client_image_zip_and_video(service, keyed_requests, reference) -> None:
+def test_streamlit_client_image_zip_and_video(service, keyed_requests, reference) -> None:  # noqa: F811
     from roadseg.serving import colorize
 
     client, _, tmp = service
@@ -388,7 +301,7 @@ def test_streamlit_client_image_zip_and_video(service, keyed_requests, reference
         assert b"avc1" in data[:4096] or b"avcC" in data
 
 
-def test_readme_json_curl_and_multipart_json(service, tmp_path, reference) -> None:
+def test_readme_json_curl_and_multipart_json(service, tmp_path, reference) -> None:  # noqa: F811
     import shutil
     import subprocess
 
@@ -438,7 +351,7 @@ def test_readme_json_curl_and_multipart_json(service, tmp_path, reference) -> No
         np.testing.assert_array_equal(np.asarray(color), colorize(want, spec.colors))
 
 
-def test_kitti_server_clients(service, keyed_requests, reference) -> None:
+def test_kitti_server_clients(service, keyed_requests, reference) -> None:  # noqa: F811
     client, _, _ = service
     expect, _ = reference
     requests = keyed_requests
@@ -452,7 +365,7 @@ def test_kitti_server_clients(service, keyed_requests, reference) -> None:
     assert np.abs(np.asarray(out, int) - road).mean() < 3  # JPEG: close, not exact
 
 
-def test_bentoml_python_clients(service, tmp_path, reference) -> None:
+def test_bentoml_python_clients(service, tmp_path, reference) -> None:  # noqa: F811
     import asyncio
 
     import bentoml

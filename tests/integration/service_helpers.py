@@ -1,0 +1,111 @@
+"""Helpers of tests/integration/test_service.py: generated payloads, and how the original
+clients (U-Net-SSeg's Streamlit pages, its scripts) send requests and read answers."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+KEY = "s3cret-test-key"
+
+
+def png(h: int = 48, w: int = 64, fmt: str = "PNG", seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def bomb_png(w: int, h: int) -> bytes:
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    return buf.getvalue()
+
+
+# The original clients, written from reading Mairex1337/U-Net-SSeg (streamlit/utils/
+# api_client.py, streamlit/pages/, scripts/json_img.py) and the KITTI road server (www/main.py):
+# the same requests, the same parsing. They send no API key; a session hook adds it, as a
+# gateway would.
+
+
+@pytest.fixture
+def keyed_requests(monkeypatch: pytest.MonkeyPatch):
+    import requests
+
+    original = requests.Session.request
+
+    def request(self, method, url, **kwargs):
+        kwargs["headers"] = {**(kwargs.get("headers") or {}), "X-API-Key": KEY}
+        return original(self, method, url, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", request)
+    return requests
+
+
+@pytest.fixture(scope="module")
+def reference(service):
+    """What the served version answers in-process (`roadseg.serving.predict`) for some pixels:
+    every client's answer below is compared with it, pixel by pixel."""
+    import mlflow
+
+    from roadseg.modelio import load_model
+    from roadseg.serving import predict
+
+    _, version, tmp = service
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+    try:
+        model, spec, _ = load_model(f"models:/roadseg-unet/{version}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return (lambda pixels: predict(model, [pixels], spec)[0]), spec
+
+
+def pixels_of(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def streamlit_view_page(result: io.BytesIO) -> list[tuple]:
+    """What the view page shows: (original, segmented, name) image triples, or for a video
+    the two .mp4 members as (bytes, name) pairs with the `predicted` one identified."""
+    with zipfile.ZipFile(result) as z:
+        names = z.namelist()
+        videos = [n for n in names if n.endswith(".mp4")]
+        if videos:
+            return [(z.read(n), n.rsplit("/", 1)[-1]) for n in videos]
+        exts = (".png", ".jpg", ".jpeg")
+        originals = {n: z.read(n) for n in names if n.startswith("images/") and n.endswith(exts)}
+        colored = {n: z.read(n) for n in names if n.startswith("pred_color/") and n.endswith(exts)}
+        shown = []
+        for n, data in originals.items():
+            base = n.rsplit("/", 1)[-1]
+            if f"pred_color/{base}" in colored:
+                shown.append((data, colored[f"pred_color/{base}"], base))
+        return shown
+
+
+def check_error(r: httpx.Response, status: int, words: str) -> None:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert words.lower() in body["detail"].lower(), body
+    assert r.headers["x-model-version"]
