@@ -322,6 +322,8 @@ class HeaderGuard:
             self._pending_bytes = 0
 
     def _awaiting_headers(self) -> bool:
+        if self.transport.get_protocol() is not self:  # upgraded to a WebSocket: not ours now
+            return False
         cycle = getattr(self, "cycle", None)
         return cycle is None or cycle.response_complete
 

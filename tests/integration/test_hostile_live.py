@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import select
 import socket
@@ -144,6 +145,19 @@ def test_endless_header_is_refused_431(live) -> None:
     s.close()
     assert got.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), got[:200]
     still_serving(client)
+
+
+def test_websocket_outlives_the_header_timeout(live) -> None:
+    from websockets.sync.client import connect
+
+    client, _, _, _ = live
+    url = str(client.base_url).replace("http://", "ws://") + "/stream"
+    with connect(url, subprotocols=["roadseg", f"roadseg.key.{KEY}"], open_timeout=30) as ws:
+        time.sleep(HEADER_TIMEOUT + 1.5)  # the HTTP header timer must not touch an upgraded socket
+        ws.send(png(24, 32))
+        head = json.loads(ws.recv(timeout=30))
+        assert head["frame"] == 0 and (head["width"], head["height"]) == (32, 24)
+        assert isinstance(ws.recv(timeout=30), bytes)
 
 
 def test_lying_content_length_gets_408(live) -> None:
