@@ -11,7 +11,7 @@ rate with the same torch thread count: one frame per call (the target for one st
 batches of 4 (the target for 4 streams). Reported per level: frames/s served, p50/p95 latency
 (send to answer), dropped share, errors, and served / bare::
 
-    .venv/bin/python benchmarks/stream_throughput.py            # 2 rounds x 20 s per level
+    .venv/bin/python benchmarks/stream_throughput.py            # ~7 min: 3 rounds x 20 s
     .venv/bin/python benchmarks/stream_throughput.py --quick    # 1 round x 8 s
 """
 
@@ -39,38 +39,57 @@ def bare_rate(engine, frames: list[np.ndarray], batch: int, seconds: float) -> f
 
 
 async def one_stream(url: str, payloads: list[bytes], fps: float, seconds: float) -> dict:
-    """Send frames at `fps` for `seconds`, then wait for the last answer (never dropped)."""
+    """Send frames at `fps` for `seconds`, then wait for the last answer (never dropped). A
+    connection the protocol breaks is counted in `broken` and replaced by a new one."""
+    stats = {"sent": 0, "answered": 0, "dropped": 0, "errors": 0, "broken": 0, "latencies_ms": []}
+    start = time.perf_counter()
+    while (left := start + seconds - time.perf_counter()) > 1.0:
+        try:
+            await _connection(url, payloads, fps, left, stats)
+        except (OSError, TimeoutError, ConnectionError) as e:
+            stats["broken"] += 1
+            print(f"stream connection failed: {type(e).__name__}: {e}")
+    stats["seconds"] = time.perf_counter() - start
+    return stats
+
+
+async def _connection(url: str, payloads: list[bytes], fps: float, seconds: float, stats) -> None:
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     n = max(1, int(fps * seconds))
     sent_at: dict[int, float] = {}
-    stats = {"sent": n, "answered": 0, "dropped": 0, "errors": 0, "latencies_ms": []}
-    async with connect(f"{url}?format=mask", subprotocols=["roadseg"], max_size=None) as ws:
+    # no permessage-deflate: JPEG/PNG do not compress, deflating them costs both sides CPU
+    opts = {"subprotocols": ["roadseg"], "max_size": None, "compression": None}
+    try:
+        async with connect(f"{url}?format=mask", **opts) as ws:
 
-        async def receive() -> None:
-            while True:
-                head = json.loads(await ws.recv())
-                stats["dropped"] += len(head.get("dropped", []))
-                if "error" in head:
-                    stats["errors"] += 1
-                else:
-                    await ws.recv()  # the PNG
-                    stats["answered"] += 1
-                    stats["latencies_ms"].append(
-                        1000 * (time.perf_counter() - sent_at[head["frame"]])
-                    )
-                if head["frame"] == n - 1:
-                    return
+            async def receive() -> None:
+                while True:
+                    head = json.loads(await ws.recv())
+                    stats["dropped"] += len(head.get("dropped", []))
+                    if "error" in head:
+                        stats["errors"] += 1
+                    else:
+                        await ws.recv()  # the PNG
+                        stats["answered"] += 1
+                        done = time.perf_counter() - sent_at[head["frame"]]
+                        stats["latencies_ms"].append(1000 * done)
+                    if head["frame"] == n - 1:
+                        return
 
-        start = time.perf_counter()
-        receiver = asyncio.create_task(receive())
-        for i in range(n):
-            await asyncio.sleep(max(0.0, start + i / fps - time.perf_counter()))
-            sent_at[i] = time.perf_counter()
-            await ws.send(payloads[i % len(payloads)])
-        await asyncio.wait_for(receiver, 120)
-        stats["seconds"] = time.perf_counter() - start
-    return stats
+            receiver = asyncio.create_task(receive())
+            start = time.perf_counter()
+            for i in range(n):
+                await asyncio.sleep(max(0.0, start + i / fps - time.perf_counter()))
+                if receiver.done():
+                    break
+                sent_at[i] = time.perf_counter()
+                await ws.send(payloads[i % len(payloads)])
+                stats["sent"] += 1
+            await asyncio.wait_for(receiver, 120)
+    except ConnectionClosed as e:
+        raise ConnectionError(str(e)) from e
 
 
 async def drive(url: str, payloads: list[bytes], streams: int, fps: float, seconds: float) -> dict:
@@ -83,6 +102,7 @@ async def drive(url: str, payloads: list[bytes], streams: int, fps: float, secon
         "p95_ms": float(np.percentile(lat, 95)),
         "dropped_share": sum(r["dropped"] for r in runs) / sum(r["sent"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
+        "broken_connections": sum(r["broken"] for r in runs),
     }
 
 
@@ -119,15 +139,20 @@ def run(args: argparse.Namespace) -> list[dict]:
                 row["share_of_bare"] = row["frames_per_s"] / bare
                 rows[n].append(row)
                 print(json.dumps(row))
-    # the median round of each level (by its share of bare)
-    return [sorted(r, key=lambda x: x["share_of_bare"])[len(r) // 2] for r in rows.values()]
+    out = []
+    for rounds in rows.values():  # the median round of each level, by its share of bare
+        rounds.sort(key=lambda x: x["share_of_bare"])
+        shares = [round(x["share_of_bare"], 3) for x in rounds]
+        broken = sum(x["broken_connections"] for x in rounds)
+        out.append(rounds[len(rounds) // 2] | {"shares_all_rounds": shares, "broken_all": broken})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-uri", default=None, help="default: the trained demo checkpoint")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per measurement")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median reported)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     ap.add_argument(
         "--source-fps",
         type=float,
@@ -146,15 +171,17 @@ def main() -> None:
     rows = run(args)
     print(
         "\n| streams | offered frames/s | served frames/s | bare predict frames/s (batch) "
-        "| served / bare | p50 ms | p95 ms | dropped | errors | load avg |"
+        "| served / bare | p50 ms | p95 ms | dropped | errors | broken connections (all rounds) "
+        "| all rounds' shares | load avg |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         print(
             f"| {r['streams']} | {r['source_fps'] * r['streams']:.1f} | {r['frames_per_s']:.2f} | "
             f"{r['bare_frames_per_s']:.2f} "
             f"({r['bare_batch']}) | {r['share_of_bare']:.0%} | {r['p50_ms']:.0f} | "
-            f"{r['p95_ms']:.0f} | {r['dropped_share']:.0%} | {r['errors']} | "
+            f"{r['p95_ms']:.0f} | {r['dropped_share']:.0%} | {r['errors']} | {r['broken_all']} | "
+            f"{', '.join(f'{x:.0%}' for x in r['shares_all_rounds'])} | "
             f"{' '.join(f'{x:.2f}' for x in r['load_avg'])} |"
         )
     if args.out:
