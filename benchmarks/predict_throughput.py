@@ -12,8 +12,12 @@ trained: `bench_models.demo_checkpoint`) and the base-64 reference model (31 M p
 It first checks that the masks are identical (argmax ties aside) and prints the confidence error.
 Medians over rounds; the load average is printed with each table::
 
-    .venv/bin/python benchmarks/predict_throughput.py            # ~4 min (+ training once)
-    .venv/bin/python benchmarks/predict_throughput.py --quick    # ~1 min
+    .venv/bin/python benchmarks/predict_throughput.py                 # both models, ~6-15 min
+    .venv/bin/python benchmarks/predict_throughput.py --models demo   # ~2 min
+    .venv/bin/python benchmarks/predict_throughput.py --quick         # 3 s x 1 round
+
+The demo model is trained on first use (~6 min on a loaded 2-core machine, then cached); the
+base-64 model takes seconds per image on a CPU, so its rounds last at least one batch each.
 """
 
 from __future__ import annotations
