@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from roadseg.data import remap
 from roadseg.data.remap import compute_class_stats, remap_dataset, remap_mask
@@ -38,15 +39,19 @@ class InlinePool:
     """Stands in for multiprocessing.Pool: records its size, runs the tasks in this process."""
 
     sizes: ClassVar[list[int]] = []
+    mapped: ClassVar[list[int]] = []  # tasks run through imap, per pool
 
     def __init__(self, n: int, initializer=None, initargs=()) -> None:
         InlinePool.sizes.append(n)
+        InlinePool.mapped.append(0)
         if initializer is not None:
             initializer(*initargs)
 
     def imap(self, fn, tasks, chunksize=1):
         assert callable(fn) and chunksize >= 1
-        return map(fn, list(tasks))
+        tasks = list(tasks)
+        InlinePool.mapped[-1] += len(tasks)
+        return map(fn, tasks)
 
     def __enter__(self) -> InlinePool:
         return self
@@ -81,11 +86,12 @@ def test_workers_are_capped_at_cores_and_files_and_one_means_no_pool(
     want = outputs_of(src, data, tmp_path / "serial", workers=1)
     monkeypatch.setattr(remap, "Pool", InlinePool)
     monkeypatch.setattr(remap.os, "cpu_count", lambda: cores)
-    InlinePool.sizes = []
+    InlinePool.sizes, InlinePool.mapped = [], []
     out = tmp_path / "out"
     summary = remap_dataset(src, out, data, workers=workers, progress=False)
     n_files = sum(s["images"] for s in summary["splits"].values())
     assert InlinePool.sizes == ([] if pool is None else [n_files if pool == "tasks" else pool])
+    assert InlinePool.mapped == ([] if pool is None else [n_files])  # every file via the pool
     assert outputs(out) == want
 
 
@@ -142,3 +148,82 @@ def test_class_stats_of_masks_without_ignore_pixels_names_and_ignore_index() -> 
     assert s["classes"] == ["road", "car", "sky"] and s["ignore_index"] == 250
     assert s["pixel_counts"] == [2, 3, 1]
     assert compute_class_stats(masks, 3, 255)["classes"] == ["0", "1", "2"]
+
+
+def test_kitti_remap_writes_the_same_contract_as_bdd100k(kitti_dir, params, tmp_path) -> None:
+    """Summary, remap.json and class_stats.json of a KITTI remap: every field, the counts summed
+    over all training masks, and the files written like the BDD100k ones (indent 2, newline)."""
+    from roadseg.data import kitti
+
+    data = params.data.model_copy(update={"dataset": "kitti_road"})
+    out = tmp_path / "a/b/out"
+    summary = remap_dataset(kitti_dir, out, data, workers=1, progress=False)
+    splits = {"train": {"images": 3, "masks": 3}, "val": {"images": 2, "masks": 2},
+              "test": {"images": 1, "masks": 0}}  # fmt: skip
+    stats = json.loads((out / "class_stats.json").read_text())
+    assert summary == {"out": str(out), "splits": splits, "missing": [],
+                       "stats": str(out / "class_stats.json"), "class_stats": stats}  # fmt: skip
+    marker = json.loads((out / "remap.json").read_text())
+    assert marker == {
+        "source": str(kitti.kitti_root(kitti_dir)), "dataset": "kitti_road", "num_classes": 2,
+        "classes": ["not road", "road"], "ignore_index": 255, "splits": splits,
+        "mapping": {"magenta (road)": 1, "red (not road)": 0, "anything else": 255},
+    }  # fmt: skip
+    counts = np.zeros(256, np.int64)
+    for m in (out / "labels/sem_seg/masks/train").glob("*.png"):
+        counts += np.bincount(np.asarray(Image.open(m)).ravel(), minlength=256)
+    assert stats["pixel_counts"] == counts[:2].tolist() and stats["splits"] == ["train"]
+    assert stats["ignore_index"] == 255 and stats["classes"] == ["not road", "road"]
+    for name, obj in (("remap.json", marker), ("class_stats.json", stats)):
+        assert (out / name).read_text() == json.dumps(obj, indent=2) + "\n"
+
+
+def test_kitti_stats_fall_back_to_val_without_training_masks(params, tmp_path) -> None:
+    from roadseg.data.kitti import synthesize_kitti
+
+    synthesize_kitti(tmp_path / "src", train=0, val=2, test=1, height=32, width=48, seed=1)
+    data = params.data.model_copy(update={"dataset": "kitti_road"})
+    s = remap_dataset(tmp_path / "src", tmp_path / "out", data, workers=1, progress=False)
+    counts = np.zeros(256, np.int64)
+    for m in (tmp_path / "out/labels/sem_seg/masks/val").glob("*.png"):
+        counts += np.bincount(np.asarray(Image.open(m)).ravel(), minlength=256)
+    assert s["class_stats"]["splits"] == ["val"]
+    assert s["class_stats"]["pixel_counts"] == counts[:2].tolist() and counts[:2].sum() > 0
+
+
+def test_remap_kitti_defaults_link_in_this_process_with_a_bar(
+    kitti_dir, params, tmp_path, monkeypatch, capsys
+) -> None:
+    from roadseg.data import kitti
+
+    monkeypatch.setattr(remap, "Pool", InlinePool)
+    InlinePool.sizes, InlinePool.mapped = [], []
+    data = params.data.model_copy(update={"dataset": "kitti_road"})
+    remap.remap_kitti(kitti.kitti_root(kitti_dir), tmp_path / "out", data)
+    assert InlinePool.sizes == []
+    images = sorted((tmp_path / "out/images/10k").rglob("*.png"))
+    assert images and all(p.stat().st_nlink >= 2 for p in images)
+    assert "remap: 100%" in capsys.readouterr().err
+
+
+def test_kitti_remap_errors_name_the_problem(kitti_dir, params, tmp_path) -> None:
+    data = params.data.model_copy(update={"dataset": "kitti_road"})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"^no KITTI Road training/image_2 folder in "):
+        remap_dataset(tmp_path / "empty", tmp_path / "o1", data, progress=False)
+    wrong = data.model_copy(update={"ignore_index": 250})
+    with pytest.raises(ValueError, match=r"^KITTI void is 255; data.ignore_index is 250$"):
+        remap_dataset(kitti_dir, tmp_path / "o2", wrong, progress=False)
+
+
+def test_a_mask_without_its_image_is_still_remapped(bdd_dir, params, tmp_path) -> None:
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(bdd_dir, src)
+    (image,) = [p for p in (src / "images/10k/val").iterdir()][:1]
+    image.unlink()
+    s = remap_dataset(src, tmp_path / "out", params.data, workers=1, progress=False)
+    assert s["splits"]["val"] == {"images": 1, "masks": 2}
+    assert len(list((tmp_path / "out/labels/sem_seg/masks/val").glob("*.png"))) == 2
+    assert not (tmp_path / f"out/images/10k/val/{image.name}").exists()
