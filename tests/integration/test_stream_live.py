@@ -14,6 +14,10 @@ from roadseg.launcher import running_service
 from roadseg.serving import predict
 from roadseg.stream_client import stream_frames, video_frames
 
+# Imported at collection, not inside a test: after the CLI test, pytest's assertion rewriter
+# compiling this module raised CPython 3.11's "AST constructor recursion depth mismatch".
+from tests.unit.test_service_app import png_array
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 KEY = "live-stream-key"
 N_FRAMES = 12
@@ -71,8 +75,6 @@ def test_fast_stream_masks_equal_predict_in_order(live) -> None:
         stream_frames(url, frames, fps, fmt="mask", realtime=False, api_key=KEY, codec="png")
     )
     assert stats.frames == list(range(N_FRAMES)) and stats.dropped == 0
-    from tests.unit.test_service_app import png_array
-
     for i, frame in enumerate(frames):
         np.testing.assert_array_equal(png_array(pngs[i]), predict(model, [frame], spec)[0].mask)
 
@@ -110,8 +112,6 @@ def test_flood_reports_drops_then_service_serves_others(live) -> None:
     stats, pngs = asyncio.run(
         stream_frames(url, frames[:2], 10.0, fmt="mask", realtime=False, api_key=KEY, codec="png")
     )
-    from tests.unit.test_service_app import png_array
-
     assert stats.frames == [0, 1]
     np.testing.assert_array_equal(png_array(pngs[1]), predict(model, [frames[1]], spec)[0].mask)
 
