@@ -177,7 +177,7 @@ class ServeParams(_Frozen):
     max_video_frames: int = Field(900, ge=1)
     max_video_seconds: float = Field(60, gt=0)
     # Per request, across parts, ZIP entries, JSON images and video frames (roadseg/decoding.py).
-    max_request_pixels: int = Field(250_000_000, ge=1)
+    max_request_pixels: int = Field(1_000_000_000, ge=1)
     max_jpeg_scans: int = Field(100, ge=1)  # a progressive JPEG has ~10; each scan is a full pass
     header_timeout_seconds: float = Field(10, gt=0)  # connection open -> headers complete
     body_timeout_seconds: float = Field(15, gt=0)  # longest wait for the next body chunk

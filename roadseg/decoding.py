@@ -49,7 +49,7 @@ class Limits:
     max_zip_uncompressed_bytes: int = 200 * 2**20
     max_video_frames: int = 900
     max_video_seconds: float = 60.0
-    max_request_pixels: int = 250_000_000
+    max_request_pixels: int = 1_000_000_000
     max_jpeg_scans: int = 100
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 15.0

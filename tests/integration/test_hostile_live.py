@@ -56,7 +56,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
             "max_request_bytes: 52428800": "max_request_bytes: 8000000",
             "max_image_pixels: 40000000": "max_image_pixels: 4000000",
             "max_zip_uncompressed_bytes: 209715200": "max_zip_uncompressed_bytes: 8000000",
-            "max_request_pixels: 250000000": "max_request_pixels: 6000000",
+            "max_request_pixels: 1000000000": "max_request_pixels: 6000000",
             "header_timeout_seconds: 10": f"header_timeout_seconds: {HEADER_TIMEOUT}",
             "body_timeout_seconds: 15": f"body_timeout_seconds: {BODY_TIMEOUT}",
             "max_body_seconds: 120": f"max_body_seconds: {MAX_BODY_SECONDS}",
