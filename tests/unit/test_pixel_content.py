@@ -268,3 +268,48 @@ def test_ramp_boundaries_by_hand() -> None:
     assert p.mask[-1].tolist() == [1] * 39 + [0] * 11
     # left column: class 1 beats 2.9 where (y + 0.5) * 4 / 37 - 0.5 + 0.37 > 2.9, y > 27.51 -> 28
     assert p.mask[:, 0].tolist() == [2] * 28 + [1] * 9
+
+
+def test_spec_dict_round_trips_through_json(spec: ModelSpec) -> None:
+    """The dict stored with every model: colours and size as lists (what JSON gives back), and
+    `from_dict` of its JSON round trip is the spec (colours in class order)."""
+    import json
+
+    d = spec.to_dict()
+    assert d["colors"] == [list(c) for c in spec.colors] == json.loads(json.dumps(d))["colors"]
+    assert d["image_size"] == list(spec.image_size)
+    assert ModelSpec.from_dict(json.loads(json.dumps(d))) == spec
+
+
+def test_overlay_defaults_to_half_and_checks_its_inputs() -> None:
+    colors = [(255, 0, 0), (0, 0, 200)]
+    image = np.array([[[100, 50, 200], [10, 20, 30]]], np.uint8)
+    mask = np.array([[0, 1]], np.uint8)
+    assert overlay(image, mask, colors).tolist() == [[[178, 25, 100], [5, 10, 115]]]
+    with pytest.raises(ValueError, match=r"^image \(1, 2\) and mask \(1, 3\) differ in size$"):
+        overlay(image, np.zeros((1, 3), np.uint8), colors)
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"^alpha must be in \[0, 1\], got {alpha}$"):
+            overlay(image, mask, colors, alpha)
+
+
+def test_png_is_lossless_and_written_at_zlib_level_1() -> None:
+    """Masks and overlays decode to their pixels; the zlib header of the image data says
+    'fastest' (level 1: the serving hot path trades bytes for CPU, see `encode_png`)."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    from roadseg.serving import encode_png
+
+    rng = np.random.default_rng(0)
+    for array in (rng.integers(0, 14, (30, 40), dtype=np.uint8),
+                  rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)):  # fmt: skip
+        data = encode_png(array)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), array)
+        pos = 8  # after the signature: chunks of length, type, data, CRC
+        while data[pos + 4 : pos + 8] != b"IDAT":
+            pos += 12 + struct.unpack(">I", data[pos : pos + 4])[0]
+        cmf, flg = data[pos + 8], data[pos + 9]
+        assert cmf & 0x0F == 8 and flg >> 6 == 0  # deflate, FLEVEL 0 = fastest
