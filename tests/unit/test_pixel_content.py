@@ -313,3 +313,32 @@ def test_png_is_lossless_and_written_at_zlib_level_1() -> None:
             pos += 12 + struct.unpack(">I", data[pos : pos + 4])[0]
         cmf, flg = data[pos + 8], data[pos + 9]
         assert cmf & 0x0F == 8 and flg >> 6 == 0  # deflate, FLEVEL 0 = fastest
+
+
+def test_spec_from_params_carries_every_field() -> None:
+    from roadseg.config import load_params
+
+    p = load_params(overrides=["data.dataset=kitti_road", "model.name=baseline",
+                               "model.base_channels=8", "train.image_size=[40,72]"])  # fmt: skip
+    spec = ModelSpec.from_params(p, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), loss="iou")
+    assert (spec.model_name, spec.base_channels, spec.image_size) == ("baseline", 8, (40, 72))
+    assert (spec.dataset, spec.ignore_index, spec.extra) == ("kitti_road", 255, {"loss": "iou"})
+    assert spec.class_names == ("not road", "road") and spec.num_classes == 2
+    assert (spec.mean, spec.std) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    other = load_params(overrides=["data.ignore_index=250", "data.mapping.16=250"])
+    assert ModelSpec.from_params(other, mean=(0.5,) * 3, std=(0.2,) * 3).ignore_index == 250
+
+
+def test_check_image_makes_grey_rgb_and_names_a_wrong_type() -> None:
+    from roadseg.serving import check_image
+
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    rgb = check_image(grey)
+    assert rgb.shape == (3, 4, 3) and all((rgb[:, :, c] == grey).all() for c in range(3))
+    with pytest.raises(ValueError, match=r"^image must be a numpy array, got list$"):
+        check_image([[0, 1]])
+
+
+def test_colorize_gives_uint8_rgb() -> None:
+    out = colorize(np.array([[0, 1, 200]], np.uint8), [(255, 0, 0), (0, 0, 200)])
+    assert out.dtype == np.uint8 and out.tolist() == [[[255, 0, 0], [0, 0, 200], [0, 0, 0]]]
