@@ -183,7 +183,6 @@ class ServeParams(_Frozen):
     body_timeout_seconds: float = Field(15, gt=0)  # longest wait for the next body chunk
     max_body_seconds: float = Field(120, gt=0)  # whole body, however it trickles
     batch_size: int = Field(8, ge=1)
-    max_latency_ms: int = Field(2000, ge=1)
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
 
 

@@ -98,15 +98,11 @@ def test_every_params_key_is_read_somewhere():
         for p in (repo / pkg).rglob("*.py")
     )
     dvc = (repo / "dvc.yaml").read_text()
-    # serve.max_latency_ms: whether batching uses it is the performance work's call (issue 13);
-    # since a8124a0 nothing reads it. Drop it from here once it is removed or read again.
-    waived = {"serve.max_latency_ms"}
     unread = [
         f"{section}.{key}"
         for section, values in load_params().to_dict().items()
         for key in values
         if not re.search(rf"[.\"']{key}\b", code)
         and f"{section}.{key}" not in dvc
-        and f"{section}.{key}" not in waived
     ]
     assert not unread, f"params.yaml keys read by nothing: {unread}"
