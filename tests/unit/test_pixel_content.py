@@ -342,3 +342,35 @@ def test_check_image_makes_grey_rgb_and_names_a_wrong_type() -> None:
 def test_colorize_gives_uint8_rgb() -> None:
     out = colorize(np.array([[0, 1, 200]], np.uint8), [(255, 0, 0), (0, 0, 200)])
     assert out.dtype == np.uint8 and out.tolist() == [[[255, 0, 0], [0, 0, 200], [0, 0, 0]]]
+
+
+def test_resize_image_is_half_pixel_bilinear_and_a_no_op_at_its_size() -> None:
+    """[0, 255] to 4 columns: output centres at 0.25, 0.75, 1.25, 1.75 input pixels, i.e. 0,
+    0.25 * 255 = 63.75, 0.75 * 255 = 191.25 and 255 by linear interpolation (clamped at the
+    edges): 0, 64, 191, 255. Bicubic (PIL's default) would overshoot to other values."""
+    image = np.repeat(np.array([[0, 255]], np.uint8)[:, :, None], 3, axis=2)
+    assert resize_image(image, (1, 4))[0, :, 0].tolist() == [0, 64, 191, 255]
+    assert resize_image(image, (1, 2)) is image
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"class_names": ("a", "b")}, r"^ModelSpec: 3 classes but 2 names and 3 colours$"),
+        ({"image_size": (5,)}, r"^ModelSpec: image_size must be \(H, W\) > 0, got \(5,\)$"),
+        ({"image_size": (0, 5)}, r"^ModelSpec: image_size must be \(H, W\) > 0, got \(0, 5\)$"),
+        ({"mean": (0.5, 0.5)}, r"^ModelSpec: mean and std need one value per input channel$"),
+        ({"std": (0.5, 0.0, 0.5)}, r"^ModelSpec: std must be positive, got \(0.5, 0.0, 0.5\)$"),
+    ],
+)
+def test_spec_checks_name_what_is_wrong(change: dict, message: str) -> None:
+    import dataclasses
+
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(RAMP_SPEC, **change)
+    assert dataclasses.replace(RAMP_SPEC, image_size=(1, 5)).image_size == (1, 5)  # 1 is valid
+
+
+def test_preprocess_of_nothing_says_so() -> None:
+    with pytest.raises(ValueError, match=r"^preprocess needs at least one image$"):
+        preprocess([], RAMP_SPEC)
