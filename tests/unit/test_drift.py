@@ -59,6 +59,36 @@ def test_features_values_on_known_images() -> None:
     assert set(IMAGE_FEATURES) <= set(black)
 
 
+def test_features_are_exact_float64_statistics_of_the_strided_grid() -> None:
+    """The integer path equals the textbook float64 formulas on every 3rd pixel of a 1280x720
+    frame (`FEATURE_MAX_SIDE` 512: the scale stored reference profiles were built at), and the
+    service's split (grid on the request path, features off it) gives the same numbers."""
+    from roadseg.features import FEATURE_MAX_SIDE, feature_grid, grid_features
+
+    img = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    assert FEATURE_MAX_SIDE == 512 and feature_grid(img).shape == (240, 427, 3)
+    rgb = img[::3, ::3].astype(np.float64) / 255
+    luma = rgb @ [0.299, 0.587, 0.114]
+    cmax = rgb.max(2)
+    lap = luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4 * luma[1:-1, 1:-1]
+    want = {
+        "brightness": luma.mean(),
+        "contrast": luma.std(),
+        "saturation": np.divide(
+            cmax - rgb.min(2), cmax, out=np.zeros_like(cmax), where=cmax > 0
+        ).mean(),
+        "sharpness": lap.var() * 1e3,
+        "mean_r": rgb[..., 0].mean(),
+        "mean_g": rgb[..., 1].mean(),
+        "mean_b": rgb[..., 2].mean(),
+    }
+    got = image_features(img)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-6), k
+    pred = Prediction(np.zeros((720, 1280), np.uint8), 0.5, {"road": 1.0})
+    assert grid_features(feature_grid(img), pred) == image_features(img, pred)
+
+
 def test_features_include_prediction_shares_and_confidence() -> None:
     img = np.zeros((8, 8, 3), np.uint8)
     pred = Prediction(np.zeros((8, 8), np.uint8), 0.8, {"road": 0.75, "traffic light": 0.25})
