@@ -190,6 +190,9 @@ def test_abrupt_disconnect_and_connection_limit_leave_service_serving(served) ->
         r = client.post("/segment", files={"image": ("s.png", data)}, headers={"X-API-Key": KEY})
         assert r.status_code == 200
         np.testing.assert_array_equal(png_array(r.content), want)
-    # streamed frames feed the monitoring log like any other request
+    # streamed frames feed the monitoring log like any other request (written in the background)
+    from bento.service import current_state
+
+    assert current_state().flush()
     logs = list((served[3] / "monitoring").glob("*"))
     assert logs and sum(len(p.read_text().splitlines()) for p in logs if p.is_file()) > 5
