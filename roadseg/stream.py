@@ -9,7 +9,9 @@ decoded gets a text `{"frame", "error", "detail"}` and the connection stays usab
 Backpressure: a receiver task reads frames as they come and keeps only the newest waiting one
 (a one-slot mailbox); the frames it overwrites are reported in the next answer's `dropped`. The
 processor infers through `ServingState.infer`, the service's one batching queue, so frames of many
-connections share batches with every other route (and feed the monitoring log).
+connections share batches with every other route (and feed the monitoring log). Two frames are
+in flight per connection: while frame N is rendered (thread pool) and sent, the newest waiting
+frame is already decoded and inferred; answers keep the order frames were taken in.
 
 Close codes: 1008 policy (missing/wrong API key, connection time limit, text where frames are
 expected after the handshake), 1009 frame over `stream.max_frame_bytes`, 1003 unsupported data,
@@ -194,6 +196,50 @@ async def _receive(websocket: WebSocket, mailbox: Mailbox, limits: Any) -> None:
         mailbox.close(StreamClosed(0, "disconnected"))
 
 
+@dataclass
+class Prepared:
+    """One frame taken from the mailbox, decoded and inferred (or the reason it could not be)."""
+
+    index: int
+    dropped: list[int]
+    received: float
+    image: Any = None
+    pred: Any = None
+    error: InputError | None = None
+
+
+@dataclass
+class Pacer:
+    """At most `max_fps` frames taken per second; frames arriving meanwhile replace each other."""
+
+    gap: float
+    last: float | None = None
+
+    async def wait(self) -> None:
+        if self.last is not None and (wait := self.last + self.gap - time.perf_counter()) > 0:
+            await asyncio.sleep(wait)
+
+
+async def _prepare(
+    state: ServingState, mailbox: Mailbox, pacer: Pacer, frame_limits: Limits
+) -> Prepared:
+    """Take the newest frame, decode it (thread pool) and infer it (the batching queue)."""
+    await pacer.wait()
+    try:
+        (index, data, received), dropped = await mailbox.take()
+    except StreamClosed as e:
+        if e.code == 0:  # the client went away: nothing left to send
+            raise WebSocketDisconnect(1000) from None
+        raise
+    pacer.last = time.perf_counter()
+    try:
+        image = await run_in_threadpool(decode_image, data, frame_limits, name=f"frame {index}")
+    except InputError as e:
+        return Prepared(index, dropped, received, error=e)
+    (pred,) = await state.infer([image])
+    return Prepared(index, dropped, received, image, pred)
+
+
 async def _process(
     websocket: WebSocket,
     state: ServingState,
@@ -202,39 +248,43 @@ async def _process(
     max_fps: float,
     frame_limits: Limits,
 ) -> None:
-    """Answer the newest frame, one at a time, at most `max_fps` frames per second."""
-    gap, last = 1.0 / max_fps, None
-    while True:
-        if last is not None and (wait := last + gap - time.perf_counter()) > 0:
-            await asyncio.sleep(wait)  # frames arriving meanwhile replace each other
-        try:
-            (index, data, received), dropped = await mailbox.take()
-        except StreamClosed as e:
-            if e.code == 0:  # the client went away: nothing left to send
-                raise WebSocketDisconnect(1000) from None
-            raise
-        last = time.perf_counter()
-        try:
-            image = await run_in_threadpool(decode_image, data, frame_limits, name=f"frame {index}")
-        except InputError as e:
-            await websocket.send_text(
-                json.dumps(
-                    {"frame": index, "dropped": dropped, "error": e.problem, "detail": str(e)}
-                )
-            )
-            continue
-        (pred,) = await state.infer([image])
-        png = await run_in_threadpool(state.render, image, pred, fmt)
-        head = {
-            "frame": index,
-            "dropped": dropped,
-            "latency_ms": round((time.perf_counter() - received) * 1000, 2),
-            "model_version": state.version,
-            "width": image.shape[1],
-            "height": image.shape[0],
+    """Answer the newest frame, in order, at most `max_fps` frames per second, two in flight:
+    while frame N is rendered (thread pool) and sent, frame N+1 is decoded and inferred."""
+    pacer = Pacer(1.0 / max_fps)
+    pending = asyncio.create_task(_prepare(state, mailbox, pacer, frame_limits))
+    try:
+        while True:
+            frame = await pending  # re-raises the end of the stream once all before it are sent
+            pending = asyncio.create_task(_prepare(state, mailbox, pacer, frame_limits))
+            await _answer(websocket, state, fmt, frame)
+    finally:
+        pending.cancel()  # an error it ends with is not reported: the session ends either way
+        pending.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+async def _answer(websocket: WebSocket, state: ServingState, fmt: str, frame: Prepared) -> None:
+    """One text message, then (unless the frame was not decodable) one binary PNG message."""
+    if frame.error is not None:
+        e = frame.error
+        body = {
+            "frame": frame.index,
+            "dropped": frame.dropped,
+            "error": e.problem,
+            "detail": str(e),
         }
-        await websocket.send_text(json.dumps(head))
-        await websocket.send_bytes(png)
+        await websocket.send_text(json.dumps(body))
+        return
+    png = await run_in_threadpool(state.render, frame.image, frame.pred, fmt)
+    head = {
+        "frame": frame.index,
+        "dropped": frame.dropped,
+        "latency_ms": round((time.perf_counter() - frame.received) * 1000, 2),
+        "model_version": state.version,
+        "width": frame.image.shape[1],
+        "height": frame.image.shape[0],
+    }
+    await websocket.send_text(json.dumps(head))
+    await websocket.send_bytes(png)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

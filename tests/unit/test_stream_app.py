@@ -196,3 +196,43 @@ def test_abrupt_disconnect_and_connection_limit_leave_service_serving(served) ->
     assert current_state().flush()
     logs = list((served[3] / "monitoring").glob("*"))
     assert logs and sum(len(p.read_text().splitlines()) for p in logs if p.is_file()) > 5
+
+
+def test_next_frame_is_inferred_while_the_previous_one_is_rendered(served) -> None:
+    """Pipelined: frame 1 is decoded and inferred while frame 0 is still being rendered (a
+    slow render here), and the answers still come in order with the right pixels."""
+    import time
+
+    from bento.service import current_state
+
+    client, model, spec, _ = served
+    state = current_state()
+    events: list[tuple[str, int, float]] = []
+    infer, render = state.infer, state.render
+
+    async def logged_infer(images):
+        events.append(("infer", images[0].shape[1], time.perf_counter()))
+        return await infer(images)
+
+    def slow_render(image, pred, fmt):
+        time.sleep(0.5)
+        events.append(("rendered", image.shape[1], time.perf_counter()))
+        return render(image, pred, fmt)
+
+    frames = [image_bytes(40, 60 + 4 * i, seed=i) for i in range(2)]
+    state.infer, state.render = logged_infer, slow_render
+    try:
+        with client.websocket_connect("/stream?format=mask", subprotocols=GOOD) as ws:
+            ws.send_bytes(frames[0][0])
+            deadline = time.perf_counter() + 10
+            while not events and time.perf_counter() < deadline:  # frame 0 taken: not dropped
+                time.sleep(0.01)
+            ws.send_bytes(frames[1][0])
+            for i, (_, pixels) in enumerate(frames):
+                head, mask = answer(ws)
+                assert head["frame"] == i and head["dropped"] == []
+                np.testing.assert_array_equal(mask, predict(model, [pixels], spec)[0].mask)
+    finally:
+        del state.infer, state.render  # back to the class's methods
+    when = {(kind, width): t for kind, width, t in events}
+    assert when[("infer", 64)] < when[("rendered", 60)]
