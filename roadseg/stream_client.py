@@ -113,7 +113,9 @@ async def stream_frames(
     stats, pngs = StreamStats(), {}
     sent_at: dict[int, float] = {}
     answered = asyncio.Event()
-    async with connect(f"{url}{sep}format={fmt}", subprotocols=protocols, max_size=None) as ws:
+    # JPEG and PNG do not deflate: per-message compression would only cost CPU on both ends.
+    url = f"{url}{sep}format={fmt}"
+    async with connect(url, subprotocols=protocols, max_size=None, compression=None) as ws:
         if first is not None:
             await ws.send(first)
         start = time.perf_counter()
