@@ -374,3 +374,17 @@ def test_spec_checks_name_what_is_wrong(change: dict, message: str) -> None:
 def test_preprocess_of_nothing_says_so() -> None:
     with pytest.raises(ValueError, match=r"^preprocess needs at least one image$"):
         preprocess([], RAMP_SPEC)
+
+
+def test_alpha_channels_are_dropped_and_empty_images_refused() -> None:
+    from roadseg.serving import check_image
+
+    rgba = np.dstack([RGB[layout(6, 9)], np.full((6, 9), 7, np.uint8)])
+    assert np.array_equal(check_image(rgba), RGB[layout(6, 9)])
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    blend = overlay(rgba, layout(6, 9), colors, 0.3)
+    assert blend.dtype == np.uint8 and np.array_equal(
+        blend, overlay(rgba[:, :, :3], layout(6, 9), colors, 0.3)
+    )
+    with pytest.raises(ValueError, match=r"^image is empty: shape \(0, 5, 3\)$"):
+        check_image(np.zeros((0, 5, 3), np.uint8))
