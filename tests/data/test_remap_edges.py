@@ -86,6 +86,7 @@ def test_workers_are_capped_at_cores_and_files_and_one_means_no_pool(
     want = outputs_of(src, data, tmp_path / "serial", workers=1)
     monkeypatch.setattr(remap, "Pool", InlinePool)
     monkeypatch.setattr(remap.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(remap, "_LUT", None)  # as in a fresh worker: the pool must set it up
     InlinePool.sizes, InlinePool.mapped = [], []
     out = tmp_path / "out"
     summary = remap_dataset(src, out, data, workers=workers, progress=False)
@@ -227,3 +228,15 @@ def test_a_mask_without_its_image_is_still_remapped(bdd_dir, params, tmp_path) -
     assert s["splits"]["val"] == {"images": 1, "masks": 2}
     assert len(list((tmp_path / "out/labels/sem_seg/masks/val").glob("*.png"))) == 2
     assert not (tmp_path / f"out/images/10k/val/{image.name}").exists()
+
+
+def test_class_stats_from_integer_counts_of_any_size() -> None:
+    """A class seen once still gets a weight; no pixels at all give zeros, never NaN; counts
+    stay integers (as JSON writes them) whatever array type they come in."""
+    from roadseg.data.remap import class_stats_from_counts
+
+    s = class_stats_from_counts(np.array([1.0, 4.0, 0.0]), ["a", "b", "c"], 255)
+    assert s["pixel_counts"] == [1, 4, 0] and all(type(c) is int for c in s["pixel_counts"])
+    assert s["weights"][0] > s["weights"][1] > 0 and s["weights"][2] == 0.0
+    empty = class_stats_from_counts(np.zeros(3, np.int64), ["a", "b", "c"], 255)
+    assert empty["frequencies"] == [0.0, 0.0, 0.0] and empty["weights"] == [0.0, 0.0, 0.0]
