@@ -240,3 +240,37 @@ def test_class_stats_from_integer_counts_of_any_size() -> None:
     assert s["weights"][0] > s["weights"][1] > 0 and s["weights"][2] == 0.0
     empty = class_stats_from_counts(np.zeros(3, np.int64), ["a", "b", "c"], 255)
     assert empty["frequencies"] == [0.0, 0.0, 0.0] and empty["weights"] == [0.0, 0.0, 0.0]
+
+
+def test_bdd_remap_writes_its_contract_field_by_field(bdd_dir, params, tmp_path, capsys) -> None:
+    """Summary, remap.json and class_stats.json of a BDD100k remap; the bar is on by default;
+    weights rounded to 6 decimals."""
+    out = tmp_path / "out"
+    summary = remap_dataset(bdd_dir, out, params.data, workers=1)  # progress defaults to on
+    assert "remap: 100%" in capsys.readouterr().err
+    splits = {"train": {"images": 3, "masks": 3}, "val": {"images": 2, "masks": 2},
+              "test": {"images": 1, "masks": 0}}  # fmt: skip
+    stats = json.loads((out / "class_stats.json").read_text())
+    assert summary == {"out": str(out), "splits": splits, "missing": [],
+                       "stats": str(out / "class_stats.json"), "class_stats": stats}  # fmt: skip
+    marker = json.loads((out / "remap.json").read_text())
+    d = params.data
+    assert marker == {
+        "source": str(bdd_dir), "mapping": {str(k): v for k, v in sorted(d.mapping.items())},
+        "num_classes": 14, "classes": [c.name for c in d.classes],
+        "source_classes": [c.name for c in d.source_classes], "ignore_index": 255,
+        "splits": splits,
+    }  # fmt: skip
+    assert stats["ignore_index"] == 255 and stats["splits"] == ["train"]
+    assert stats["weights"] == [round(w, 6) for w in stats["weights"]]
+    assert any(round(w, 5) != w for w in stats["weights"])  # really 6 decimals, not fewer
+    for name, obj in (("remap.json", marker), ("class_stats.json", stats)):
+        assert (out / name).read_text() == json.dumps(obj, indent=2) + "\n"
+
+
+def test_remap_refusals_name_the_folder(bdd_dir, params, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"is the input dataset; choose another folder$"):
+        remap_dataset(bdd_dir, bdd_dir, params.data, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"\(requested: all, found none\)$"):
+        remap_dataset(tmp_path / "empty", tmp_path / "out", params.data, progress=False)
