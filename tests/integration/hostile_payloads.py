@@ -12,25 +12,18 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from tests.images import encode, noise_png, png_chunk
+
 
 def flat_png(h: int, w: int, seed: int = 0) -> bytes:
     """A large but small-to-send image: smooth gradients compress well."""
     yy, xx = np.mgrid[0:h, 0:w]
     arr = np.stack([(xx + seed) % 256, yy % 256, (xx // 7 + yy // 5) % 256], -1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
+    return encode(arr)
 
 
 def png(h: int = 32, w: int = 48, seed: int = 0) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return noise_png(h, w, seed=seed)
 
 
 def progressive_scans_jpeg() -> bytes:
@@ -44,7 +37,7 @@ def progressive_scans_jpeg() -> bytes:
 def chunky_png() -> bytes:
     p = png(4, 4)
     end = p.rindex(b"IEND") - 4
-    return p[:end] + _chunk(b"zzZz", b"") * 500_000 + p[end:]  # 6 MB of empty chunks
+    return p[:end] + png_chunk(b"zzZz", b"") * 500_000 + p[end:]  # 6 MB of empty chunks
 
 
 def padded_jpeg() -> bytes:
@@ -60,7 +53,10 @@ def bomb_png(side: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 10)
     return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
     )
 
 

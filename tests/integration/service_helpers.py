@@ -13,33 +13,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.images import noise_png, png_chunk, zip_bytes
+
 KEY = "s3cret-test-key"
 
 
-def png(h: int = 48, w: int = 64, fmt: str = "PNG", seed: int = 0) -> bytes:
-    buf = io.BytesIO()
-    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
+png = noise_png
 
 
 def bomb_png(w: int, h: int) -> bytes:
-    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 10))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 10))
+        + png_chunk(b"IEND", b"")
     )
 
 
-def zipped(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for n, d in members.items():
-            zf.writestr(n, d)
-    return buf.getvalue()
+zipped = zip_bytes
 
 
 # The original clients, written from reading Mairex1337/U-Net-SSeg (streamlit/utils/

@@ -26,15 +26,7 @@ from roadseg.httpguard import (
     route_label,
 )
 from roadseg.inputs import Limits
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for n, d in members.items():
-            zf.writestr(n, d)
-    return buf.getvalue()
-
+from tests.images import zip_bytes
 
 PNG = image_bytes(8, 8)[0]
 JSON_CT = {"content-type": "application/json"}
@@ -107,14 +99,14 @@ CASES = [
         "ZIP of nothing",
         "post",
         "/predict-image/returns-zip/",
-        {"files": {"files": ("z.zip", _zip({"a.txt": b"x"}))}},
+        {"files": {"files": ("z.zip", zip_bytes({"a.txt": b"x"}))}},
         400,
     ),
     (
         "ZIP with ../",
         "post",
         "/predict-image/returns-zip/",
-        {"files": {"files": ("z.zip", _zip({"../../etc/x.png": PNG}))}},
+        {"files": {"files": ("z.zip", zip_bytes({"../../etc/x.png": PNG}))}},
         400,
     ),
     (
@@ -205,7 +197,7 @@ def test_pixel_budget_spans_parts_and_json(served, monkeypatch):  # noqa: F811
         client.post("/predict-image/returns-zip/", files=three, headers=H),
         client.post(
             "/predict-image/returns-zip/",
-            files={"files": ("z.zip", _zip({f"{i}.png": img for i in range(3)}))},
+            files={"files": ("z.zip", zip_bytes({f"{i}.png": img for i in range(3)}))},
             headers=H,
         ),
         client.post(

@@ -10,7 +10,6 @@ import base64
 import io
 import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -25,19 +24,9 @@ from roadseg.inputs import (
     decode_image,
     parse_predict_json,
 )
+from tests.images import encode, png_chunk
 
 LIM = Limits()
-
-
-def _chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
-    crc = zlib.crc32(kind + data) if crc is None else crc
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_16_bit_grey_png_is_scaled_not_clipped():
@@ -86,7 +75,7 @@ def test_pixel_count_between_limit_and_pil_bomb_threshold_is_413():
     # Header only: 10000 x 10000 = 1e8 pixels, above PIL's warning threshold (~8.9e7) and below
     # its error threshold; with a generous service limit the answer must still be 413.
     ihdr = struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
     for limits in (LIM, Limits(max_image_pixels=10**9)):
         with pytest.raises(InputError) as e:
             decode_image(data, limits)
@@ -96,14 +85,14 @@ def test_pixel_count_between_limit_and_pil_bomb_threshold_is_413():
 @pytest.mark.parametrize(
     "chunk",
     [
-        _chunk(b"tEXt", b"key\x00value", crc=1),  # bad CRC
-        _chunk(b"zTXt", b"key\x00\x00not zlib at all"),  # corrupt compressed text
-        _chunk(b"iTXt", b"\xff\xfe\x00\x00\x00\x00\x00"),  # truncated fields
+        png_chunk(b"tEXt", b"key\x00value", crc=1),  # bad CRC
+        png_chunk(b"zTXt", b"key\x00\x00not zlib at all"),  # corrupt compressed text
+        png_chunk(b"iTXt", b"\xff\xfe\x00\x00\x00\x00\x00"),  # truncated fields
     ],
 )
 def test_broken_ancillary_chunk_after_image_data(chunk):
     arr = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
-    png = _png(arr)
+    png = encode(arr)
     iend = png.rindex(b"IEND") - 4
     data = png[:iend] + chunk + png[iend:]
     try:
@@ -129,7 +118,7 @@ def _good_request_still_works(client):
 @pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 300), (300, 2)])
 def test_tiny_and_thin_images_are_segmented(served, size):  # noqa: F811
     client, _, _, _ = served
-    data = _png(np.full((*size, 3), 90, np.uint8))
+    data = encode(np.full((*size, 3), 90, np.uint8))
     r = client.post("/segment/json", files={"image": ("t.png", data)}, headers=H)
     assert r.status_code == 200, r.text
     r = client.post("/segment", files={"image": ("t.png", data)}, headers=H)
@@ -139,7 +128,7 @@ def test_tiny_and_thin_images_are_segmented(served, size):  # noqa: F811
 
 def test_upload_wider_than_jpeg_allows_is_413(served):  # noqa: F811
     client, _, _, _ = served
-    data = _png(np.zeros((1, 70000, 3), np.uint8))
+    data = encode(np.zeros((1, 70000, 3), np.uint8))
     r = client.post("/upload", files={"file": ("w.png", data)}, headers=H)
     assert r.status_code == 413 and r.json()["error"] == "too_large_for_jpeg"
     r = client.post("/upload?format=mask", files={"file": ("w.png", data)}, headers=H)
@@ -200,9 +189,9 @@ def test_jpeg_with_thousands_of_scans_is_refused_before_decoding():
 
 
 def test_png_with_a_million_empty_chunks_is_refused_cheaply():
-    png = _png(np.zeros((4, 4, 3), np.uint8))
+    png = encode(np.zeros((4, 4, 3), np.uint8))
     iend = png.rindex(b"IEND") - 4
-    hostile = png[:iend] + _chunk(b"zzZz", b"") * 1_000_000 + png[iend:]  # 12 MB of chunks
+    hostile = png[:iend] + png_chunk(b"zzZz", b"") * 1_000_000 + png[iend:]  # 12 MB of chunks
     start = time.process_time()
     with pytest.raises(InputError) as e:
         decode_image(hostile, LIM)
