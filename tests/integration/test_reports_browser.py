@@ -21,6 +21,7 @@ import pytest
 import test_ui_browser as ui
 
 from roadseg import reports
+from roadseg.launcher import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ARTIFACTS, REPO = ui.ARTIFACTS, ui.REPO
@@ -138,7 +139,7 @@ def mlflow_server(tmp_path: Path):
     client.create_experiment(EXP, artifact_location=(tmp_path / "art").as_uri(),
                              tags={"mlflow.experimentKind": "custom_model_development"})  # fmt: skip
     _, cands, parent = _pipeline(client, uri, "kfp-run-ui", promoted=True)
-    port = ui._free_port()
+    port = free_port()
     log = (tmp_path / "mlflow.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,

@@ -110,6 +110,8 @@ def test_forget_active_run_relies_on_mlflow_internals_that_still_exist(tmp_path:
     assert isinstance(fluent.run_id_to_system_metrics_monitor, dict)
     assert isinstance(fluent._active_run_stack.get(), list)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    # an experiment of this store: the fluent API remembers the last one set in this process
+    mlflow.set_experiment("forget-active-run")
     try:
         run = mlflow.start_run(log_system_metrics=True)
         run_id = run.info.run_id
