@@ -102,7 +102,6 @@ def test_every_params_key_is_read_somewhere():
         f"{section}.{key}"
         for section, values in load_params().to_dict().items()
         for key in values
-        if not re.search(rf"[.\"']{key}\b", code)
-        and f"{section}.{key}" not in dvc
+        if not re.search(rf"[.\"']{key}\b", code) and f"{section}.{key}" not in dvc
     ]
     assert not unread, f"params.yaml keys read by nothing: {unread}"
