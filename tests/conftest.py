@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from roadseg.config import Params, load_params
+from tests.inprocess import fresh_service_asgi
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = Path(os.environ.get("ROADSEG_SAMPLE_DIR", REPO.parent / "shared/data/bdd100k-sample"))
@@ -54,24 +55,6 @@ def _no_stale_log_handlers():
     _drop_closed_log_handlers()
     yield
     _drop_closed_log_handlers()
-
-
-def fresh_service_asgi():
-    """`RoadSegService`'s ASGI app for in-process tests.
-
-    BentoML and the service register their Prometheus metrics in the process-global registry, so
-    a second app in one pytest process would fail with DuplicateTimeseries; the collectors an
-    earlier app registered are dropped first (each test module builds its own app).
-    """
-    import prometheus_client
-
-    registry = prometheus_client.REGISTRY
-    for collector, names in list(registry._collector_to_names.items()):
-        if any(n.startswith(("bentoml_", "roadseg_")) for n in names):
-            registry.unregister(collector)
-    from bento.service import RoadSegService
-
-    return RoadSegService.to_asgi()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from roadseg.serving import colorize, overlay, predict
+from tests.inprocess import in_process_service
 
 KEY = "in-process-key"
 H = {"X-API-Key": KEY}
@@ -38,29 +39,13 @@ def image_bytes(h: int, w: int, fmt: str = "PNG", seed: int = 0) -> tuple[bytes,
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module, service_asgi):
-    from roadseg.launcher import params_with, save_random_checkpoint
-
+def served(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("svc")
-    ckpt = tmp / "model.pt"
-    model, spec = save_random_checkpoint(ckpt, base_channels=4, seed=0, epoch=3)
-    small = params_with(
-        tmp / "params.yaml",
-        {
-            "max_zip_entries: 256": "max_zip_entries: 6",
-            "max_zip_uncompressed_bytes: 209715200": "max_zip_uncompressed_bytes: 400000",
-        },
-    )
-    for k, v in {
-        "ROADSEG_MODEL_URI": str(ckpt),
-        "ROADSEG_MONITOR_DIR": str(tmp / "monitoring"),
-        "ROADSEG_API_KEY": KEY,
-        "ROADSEG_PARAMS": str(small),
-    }.items():
-        monkeypatch_module.setenv(k, v)
-    from starlette.testclient import TestClient
-
-    with TestClient(service_asgi()) as client:
+    edits = {
+        "max_zip_entries: 256": "max_zip_entries: 6",
+        "max_zip_uncompressed_bytes: 209715200": "max_zip_uncompressed_bytes: 400000",
+    }
+    with in_process_service(tmp, edits, KEY) as (client, model, spec):
         yield client, model, spec, tmp
 
 

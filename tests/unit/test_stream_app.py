@@ -14,6 +14,7 @@ import pytest
 from starlette.websockets import WebSocketDisconnect
 
 from roadseg.serving import colorize, overlay, predict
+from tests.inprocess import in_process_service
 from tests.unit.test_service_app import image_bytes, png_array
 
 KEY = "stream-key"
@@ -22,36 +23,16 @@ MAX_FRAME_BYTES = 60_000
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, service_asgi):
-    from roadseg.launcher import params_with, save_random_checkpoint
-
+def served(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("stream")
-    ckpt = tmp / "model.pt"
-    model, spec = save_random_checkpoint(ckpt, base_channels=4, seed=0, epoch=3)
-    small = params_with(
-        tmp / "params.yaml",
-        {
-            "max_frame_bytes: 8388608": f"max_frame_bytes: {MAX_FRAME_BYTES}",
-            "max_frame_pixels: 8300000": "max_frame_pixels: 10000",
-            "max_fps: 30": "max_fps: 5",
-            "max_connections: 16": "max_connections: 3",
-        },
-    )
-    mp = pytest.MonkeyPatch()
-    for k, v in {
-        "ROADSEG_MODEL_URI": str(ckpt),
-        "ROADSEG_MONITOR_DIR": str(tmp / "monitoring"),
-        "ROADSEG_API_KEY": KEY,
-        "ROADSEG_PARAMS": str(small),
-    }.items():
-        mp.setenv(k, v)
-    from starlette.testclient import TestClient
-
-    try:
-        with TestClient(service_asgi()) as client:
-            yield client, model, spec, tmp
-    finally:
-        mp.undo()
+    edits = {
+        "max_frame_bytes: 8388608": f"max_frame_bytes: {MAX_FRAME_BYTES}",
+        "max_frame_pixels: 8300000": "max_frame_pixels: 10000",
+        "max_fps: 30": "max_fps: 5",
+        "max_connections: 16": "max_connections: 3",
+    }
+    with in_process_service(tmp, edits, KEY) as (client, model, spec):
+        yield client, model, spec, tmp
 
 
 def answer(ws) -> tuple[dict, np.ndarray]:
