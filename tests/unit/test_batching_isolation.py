@@ -101,9 +101,10 @@ def test_a_large_request_does_not_starve_a_single_image():
     model = Slow()
     engine = InferenceEngine(model, SPEC, {}, max_batch_size=8, max_wait_ms=1)
     done: dict[str, float] = {}
+    results: dict[str, list] = {}
 
     async def timed(name: str, images: list) -> None:
-        await engine.predict(images)
+        results[name] = await engine.predict(images)
         done[name] = time.perf_counter()
 
     async def run() -> int:
@@ -122,6 +123,10 @@ def test_a_large_request_does_not_starve_a_single_image():
     assert done["single"] < done["big"]
     rest = [v for b in model.seen[single_batch + 1 :] for v in b]
     assert len(rest) > 150  # most of the big request was still to come
+    # each request gets its own answers back from the shared batches: red above the mean is class 1
+    assert [p.mask.tolist() for p in results["single"]] == [[[1] * 5] * 3]
+    assert len(results["big"]) == 200
+    assert all(p.mask.tolist() == [[0] * 5] * 3 for p in results["big"])
 
 
 def test_round_robin_interleaves_requests_and_skips_cancelled():
