@@ -14,12 +14,17 @@ from roadseg.serving import Prediction
 
 
 def test_full_queue_drops_and_counts_without_blocking() -> None:
-    jobs, gate, done = BackgroundJobs(maxsize=2), threading.Event(), []
-    assert jobs.submit(gate.wait)  # the worker holds this one until the gate opens
-    time.sleep(0.05)
+    jobs, gate, started, done = BackgroundJobs(maxsize=2), threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        started.set()
+        gate.wait()
+
+    assert jobs.submit(hold)  # the worker holds this one until the gate opens
+    assert started.wait(10)  # taken off the queue: two free places are left
     start = time.perf_counter()
     accepted = [jobs.submit(done.append, i) for i in range(5)]
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 5  # a blocking submit would wait for the gate forever
     assert accepted == [True, True, False, False, False] and jobs.dropped == 3
     assert not jobs.flush(timeout=0.05)  # still held by the gate
     gate.set()
