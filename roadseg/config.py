@@ -195,6 +195,7 @@ class StreamParams(_Frozen):
     max_seconds: float = Field(3600, gt=0)  # connection duration, then close 1008
     max_connections: int = Field(16, ge=1)  # per pod (worker); beyond: close 1013
     auth_timeout_seconds: float = Field(10, gt=0)  # wait for a first {"api_key"} message
+    idle_seconds: float = Field(60, gt=0)  # no frame for this long: close 1008
 
 
 class DriftParams(_Frozen):

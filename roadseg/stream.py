@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -40,10 +41,14 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from roadseg.api import ServingState, _api_key
 from roadseg.inputs import InputError, Limits, decode_image
 
+logger = logging.getLogger(__name__)
 SUBPROTOCOL = "roadseg"
 KEY_PREFIX = "roadseg.key."
 FORMATS = ("mask", "color", "overlay")
-POLICY, TOO_BIG, UNSUPPORTED, TRY_LATER = 1008, 1009, 1003, 1013
+POLICY, TOO_BIG, UNSUPPORTED, INTERNAL, TRY_LATER = 1008, 1009, 1003, 1011, 1013
+MAX_KEY_MESSAGE = 4096  # bytes of a first {"api_key": ...} message
+CLOSE_WAIT = 5.0  # seconds a close frame may wait for a client that reads nothing
+_LIMITS: dict[str, Any] = {}  # params.stream per params file (ROADSEG_PARAMS)
 
 
 class StreamClosed(Exception):
@@ -92,43 +97,65 @@ def stream_limits() -> Any:
     return load_params(os.environ.get("ROADSEG_PARAMS") or None).stream
 
 
+def cached_stream_limits() -> Any:
+    """`stream_limits()`, read once per params file (the app and the WebSocket protocol)."""
+    source = os.environ.get("ROADSEG_PARAMS") or ""
+    if source not in _LIMITS:
+        _LIMITS[source] = stream_limits()
+    return _LIMITS[source]
+
+
 def register_stream(app: FastAPI, get_state: Callable[[], ServingState]) -> None:
-    """Add `GET /stream` (WebSocket) to `app`; limits are read at the first connection (per
-    params file), the connection count is per app, i.e. per worker process."""
-    live: dict[str, Any] = {"connections": 0, "limits": {}}
+    """Add `GET /stream` (WebSocket) to `app` and install the WebSocket protocol guard
+    (`roadseg.wsguard`: no compression, `max_frame_bytes` as the message limit). Limits are read
+    at the first connection (per params file); connections are counted per app, i.e. per worker
+    process: at most `max_connections` streams, and as many more waiting for their key."""
+    from roadseg.wsguard import install_ws_guard
+
+    install_ws_guard(lambda: cached_stream_limits().max_frame_bytes)
+    live = {"streams": 0, "unauthenticated": 0}
 
     @app.websocket("/stream")
     async def stream(websocket: WebSocket) -> None:
-        source = os.environ.get("ROADSEG_PARAMS") or ""
-        if source not in live["limits"]:
-            live["limits"][source] = await run_in_threadpool(stream_limits)
-        limits = live["limits"][source]
+        limits = await run_in_threadpool(cached_stream_limits)
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-        if live["connections"] >= limits.max_connections:
-            await _close(websocket, TRY_LATER, "too many streams on this pod, try again later")
-            return
-        live["connections"] += 1
         try:
-            await asyncio.wait_for(_session(websocket, get_state, limits), limits.max_seconds)
+            await asyncio.wait_for(_admit(websocket, get_state(), limits, live), limits.max_seconds)
         except TimeoutError:
-            await _close(websocket, POLICY, f"connection time limit of {limits.max_seconds} s")
+            await _close(websocket, POLICY, f"connection time limit of {limits.max_seconds:g} s")
         except StreamClosed as e:
             await _close(websocket, e.code, e.reason)
         except WebSocketDisconnect:
             pass  # the client left: nothing to answer, other connections go on
-        finally:
-            live["connections"] -= 1
+        except Exception as e:  # a bug: one log line and a close code, never a traceback/1006
+            logger.error("stream ended by %s: %s", type(e).__name__, str(e)[:200])
+            await _close(websocket, INTERNAL, "internal error")
 
 
-async def _session(
-    websocket: WebSocket, get_state: Callable[[], ServingState], limits: Any
-) -> None:
-    state = get_state()
+async def _admit(websocket: WebSocket, state: ServingState, limits: Any, live: dict) -> None:
+    """Format, key and connection limit, then the session. A client without the key cannot
+    take a stream's place: those waiting for their key have their own count."""
     fmt = websocket.query_params.get("format") or "mask"
     if fmt not in FORMATS:
-        raise StreamClosed(POLICY, f"unknown format {fmt!r} (mask, color or overlay)")
-    await _authenticate(websocket, state, limits)
+        raise StreamClosed(POLICY, f"unknown format {fmt[:40]!a} (mask, color or overlay)")
+    if live["unauthenticated"] >= limits.max_connections:
+        raise StreamClosed(TRY_LATER, "too many connections waiting for their key, try later")
+    live["unauthenticated"] += 1
+    try:
+        await _authenticate(websocket, state, limits)
+    finally:
+        live["unauthenticated"] -= 1
+    if live["streams"] >= limits.max_connections:
+        raise StreamClosed(TRY_LATER, "too many streams on this pod, try again later")
+    live["streams"] += 1
+    try:
+        await _session(websocket, state, limits, fmt)
+    finally:
+        live["streams"] -= 1
+
+
+async def _session(websocket: WebSocket, state: ServingState, limits: Any, fmt: str) -> None:
     mailbox = Mailbox()
     receiver = asyncio.create_task(_receive(websocket, mailbox, limits))
     frame_limits = dataclasses.replace(
@@ -141,44 +168,59 @@ async def _session(
 
 
 async def _authenticate(websocket: WebSocket, state: ServingState, limits: Any) -> None:
-    """Check the API key when one is configured (compared in constant time, never logged)."""
+    """Check the API key when one is configured (compared in constant time, never logged). It
+    comes once: as a subprotocol, a header, or a first text message; never from the URL."""
     if not state.api_key:
         return
     offered = websocket.scope.get("subprotocols") or []
-    given = next((p[len(KEY_PREFIX) :] for p in offered if p.startswith(KEY_PREFIX)), None)
-    if given is None:
-        header_key, _ = _api_key(websocket.scope.get("headers", []))
-        given = header_key
-    if given is None:  # browsers cannot set headers: the first message may carry the key
+    keys = [p[len(KEY_PREFIX) :] for p in offered if p.startswith(KEY_PREFIX)]
+    headers = websocket.scope.get("headers", [])
+    header_key, problem = _api_key(headers)
+    if header_key is not None:
+        keys.append(header_key)
+    elif any(k.lower() in (b"x-api-key", b"authorization") for k, _ in headers):
+        raise StreamClosed(POLICY, problem or "bad API key header")
+    if len(keys) > 1:
+        raise StreamClosed(POLICY, "send the API key once (one subprotocol or one header)")
+    if not keys:  # browsers cannot set headers: the first message may carry the key
         try:
             message = await asyncio.wait_for(websocket.receive(), limits.auth_timeout_seconds)
         except TimeoutError:
             raise StreamClosed(POLICY, "no API key received") from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
-        given = _key_message(message.get("text"))
-    if not hmac.compare_digest(given.encode(), state.api_key.encode()):
+        keys.append(_key_message(message.get("text")))
+    given = keys[0].encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(given, state.api_key.encode("utf-8", "surrogatepass")):
         raise StreamClosed(POLICY, "wrong API key")
 
 
 def _key_message(text: str | None) -> str:
     if text is None:
         raise StreamClosed(POLICY, "missing API key (subprotocol or first text message)")
-    try:
-        key = json.loads(text).get("api_key")
-    except (json.JSONDecodeError, AttributeError):
-        key = None
+    key = None
+    if len(text) <= MAX_KEY_MESSAGE:
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError):  # bad JSON, 100k-deep nesting, 5000-digit numbers
+            body = None
+        key = body.get("api_key") if isinstance(body, dict) else None
     if not isinstance(key, str):
         raise StreamClosed(POLICY, 'first message must be {"api_key": "..."}')
     return key
 
 
 async def _receive(websocket: WebSocket, mailbox: Mailbox, limits: Any) -> None:
-    """Read frames into the mailbox until the client leaves or breaks the protocol."""
+    """Read frames into the mailbox until the client leaves, breaks the protocol or sends
+    nothing for `idle_seconds`."""
     index = 0
     try:
         while True:
-            message = await websocket.receive()
+            try:
+                async with asyncio.timeout(limits.idle_seconds):
+                    message = await websocket.receive()
+            except TimeoutError:
+                raise StreamClosed(POLICY, f"no frame for {limits.idle_seconds:g} s") from None
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
             data = message.get("bytes")
@@ -234,10 +276,17 @@ async def _prepare(
     pacer.last = time.perf_counter()
     try:
         image = await run_in_threadpool(decode_image, data, frame_limits, name=f"frame {index}")
+        (pred,) = await state.infer([image])
     except InputError as e:
         return Prepared(index, dropped, received, error=e)
-    (pred,) = await state.infer([image])
+    except Exception as e:  # this frame broke decoding or the model: it alone fails
+        return Prepared(index, dropped, received, error=_frame_failed(index, e))
     return Prepared(index, dropped, received, image, pred)
+
+
+def _frame_failed(index: int, e: Exception) -> InputError:
+    logger.warning("frame %d not served: %s: %s", index, type(e).__name__, str(e)[:200])
+    return InputError(f"frame {index} could not be served", 422, "frame_failed")
 
 
 async def _process(
@@ -274,7 +323,12 @@ async def _answer(websocket: WebSocket, state: ServingState, fmt: str, frame: Pr
         }
         await websocket.send_text(json.dumps(body))
         return
-    png = await run_in_threadpool(state.render, frame.image, frame.pred, fmt)
+    try:
+        png = await run_in_threadpool(state.render, frame.image, frame.pred, fmt)
+    except Exception as e:
+        frame.error = _frame_failed(frame.index, e)
+        await _answer(websocket, state, fmt, frame)
+        return
     head = {
         "frame": frame.index,
         "dropped": frame.dropped,
@@ -288,6 +342,9 @@ async def _answer(websocket: WebSocket, state: ServingState, fmt: str, frame: Pr
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close with `code`; the reason is cut to the 123 bytes a close frame holds, and a client
+    that reads nothing gets CLOSE_WAIT seconds (the protocol aborts the socket later)."""
     if websocket.application_state == WebSocketState.CONNECTED and code:
-        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client left first
-            await websocket.close(code, reason[:120])  # close reasons hold at most 123 bytes
+        short = reason.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect, TimeoutError):
+            await asyncio.wait_for(websocket.close(code, short), CLOSE_WAIT)
