@@ -2,8 +2,12 @@
 
 Every endpoint submits its images to one `InferenceEngine`; a single worker takes what is queued
 (up to `max_batch_size` images, waiting at most `max_wait_ms` for more once the first arrives)
-and runs `roadseg.serving.predict` on it in one thread. While a batch runs, new requests queue
-up, so the batch size adapts to the load with no added latency when idle. Batches are filled
+and runs the model on it in one thread. While a batch runs, new requests queue up, so the batch
+size adapts to the load with no added latency when idle. The inference thread runs only the
+network: each request resizes its own images before it queues them and turns its logits into
+full-resolution masks after (`roadseg.serving.prepare` / `postprocess`, in a worker thread), so
+that work runs beside the next forward pass instead of in front of it (the same pixels as
+`roadseg.serving.predict`, which composes the same three steps). Batches are filled
 round robin, one image per waiting request in turn, so a 256-image ZIP cannot starve the
 single-image requests that arrive behind it.
 We batch here rather than with a `@bentoml.api(batchable=True)` method because BentoML only
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from roadseg.serving import ModelSpec, Prediction, predict
+from roadseg.serving import ModelSpec, Prediction, forward, postprocess, predict, prepare
 
 # (batch_size, seconds) after each forward pass, for metrics.
 Observer = Callable[[int, float], None]
@@ -84,10 +88,27 @@ class InferenceEngine:
         """Queue the images and wait for their predictions (same order)."""
         if not images:
             return []
+        inputs = await asyncio.to_thread(self._prepare, images)
+        logits = await self._queue(inputs)
+        return await asyncio.to_thread(self._postprocess, images, logits)
+
+    def _prepare(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        return [prepare(im, self.spec) for im in images]
+
+    def _postprocess(
+        self, images: Sequence[np.ndarray], logits: Sequence[torch.Tensor]
+    ) -> list[Prediction]:
+        return [
+            postprocess(lg, im.shape[0], im.shape[1], self.spec)
+            for im, lg in zip(images, logits, strict=True)
+        ]
+
+    async def _queue(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each prepared input's logits (C, h, w), through the batching worker."""
         self._ensure_worker()
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in images]
-        self._requests.append(deque(zip(images, futures, strict=True)))
+        futures = [loop.create_future() for _ in inputs]
+        self._requests.append(deque(zip(inputs, futures, strict=True)))
         self._arrived.set()
         try:
             return list(await asyncio.gather(*futures))
@@ -97,6 +118,13 @@ class InferenceEngine:
             for fut in futures:
                 fut.cancel()
             raise
+
+    def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        start = time.perf_counter()
+        logits = forward(self.model, torch.stack(inputs), self.device)
+        if self.observer is not None:
+            self.observer(len(inputs), time.perf_counter() - start)
+        return logits
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
@@ -139,12 +167,10 @@ class InferenceEngine:
                 await self._run_batch(loop, live)
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, live: list) -> None:
-        """One forward pass for the batch; on failure, image by image, so that one bad image
+        """One forward pass for the batch; on failure, input by input, so that one bad input
         fails only its own request and the worker keeps running."""
         try:
-            preds = await loop.run_in_executor(
-                self._executor, self.predict_now, [im for im, _ in live]
-            )
+            logits = await loop.run_in_executor(self._executor, self._forward, [x for x, _ in live])
         except Exception as e:
             if len(live) > 1:
                 for item in live:
@@ -154,9 +180,9 @@ class InferenceEngine:
             if not live[0][1].done():
                 live[0][1].set_exception(e)
             return
-        for (_, fut), pred in zip(live, preds, strict=True):
+        for (_, fut), lg in zip(live, logits, strict=True):
             if not fut.done():
-                fut.set_result(pred)
+                fut.set_result(lg)
 
     async def close(self) -> None:
         if self._worker is not None:

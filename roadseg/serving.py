@@ -171,6 +171,12 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return image[:, :, :3]
 
 
+def prepare(image: np.ndarray, spec: ModelSpec) -> torch.Tensor:
+    """One image's network input: resized to the training size and normalised, (3, H, W) float32.
+    The service runs this in the request's own thread, off the inference thread."""
+    return normalize(resize_image(check_image(image), spec.image_size), spec.mean, spec.std)
+
+
 def preprocess(images: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
     """Resize each image to the training size and normalise.
 
@@ -179,14 +185,16 @@ def preprocess(images: Sequence[np.ndarray], spec: ModelSpec) -> torch.Tensor:
     """
     if len(images) == 0:
         raise ValueError("preprocess needs at least one image")
-    batch = [
-        normalize(resize_image(check_image(im), spec.image_size), spec.mean, spec.std)
-        for im in images
-    ]
-    return torch.stack(batch)
+    return torch.stack([prepare(im, spec) for im in images])
 
 
-def _postprocess(lg: torch.Tensor, h: int, w: int, spec: ModelSpec) -> Prediction:
+@torch.no_grad()
+def forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Logits of a prepared batch (N, 3, H, W), as float32 on the CPU: (N, C, H, W)."""
+    return model(x.to(device)).float().cpu()
+
+
+def postprocess(lg: torch.Tensor, h: int, w: int, spec: ModelSpec) -> Prediction:
     """Mask, confidence, class shares and road probability of one (C, h_in, w_in) logit map at (h, w).
 
     The mask equals the argmax (first on ties) of the logits upsampled with `F.interpolate`
@@ -224,7 +232,7 @@ def predict(
     """Masks at each input's own resolution.
 
     Logits are computed at spec.image_size; each mask is the argmax of the logits upsampled
-    bilinearly to the input's (H, W) (see `_postprocess`), so evaluation and serving score the
+    bilinearly to the input's (H, W) (see `postprocess`), so evaluation and serving score the
     same pixels.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -232,10 +240,9 @@ def predict(
     out: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         chunk = [check_image(im) for im in images[start : start + batch_size]]
-        x = preprocess(chunk, spec).to(device)
-        logits = model(x).float().cpu()
+        logits = forward(model, preprocess(chunk, spec), device)
         for im, lg in zip(chunk, logits, strict=True):
-            out.append(_postprocess(lg, im.shape[0], im.shape[1], spec))
+            out.append(postprocess(lg, im.shape[0], im.shape[1], spec))
     return out
 
 

@@ -149,3 +149,41 @@ def test_round_robin_interleaves_requests_and_skips_cancelled():
     first, second = asyncio.run(run())
     assert first == ["a0", "b1", "c0", "a1"]
     assert second == ["a2"]
+
+
+def test_the_inference_thread_runs_only_the_network(monkeypatch):
+    """Resizing and the full-resolution masks run in the request's worker threads, beside the
+    next forward pass; the model's thread does the forward pass alone, and the answers are
+    still `roadseg.serving.predict`'s."""
+    import threading
+
+    import roadseg.batching as batching
+    from roadseg.serving import predict
+
+    threads: dict[str, set[str]] = {"prepare": set(), "postprocess": set(), "forward": set()}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            threads[name].add(threading.current_thread().name)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(batching, "prepare", spy("prepare", batching.prepare))
+    monkeypatch.setattr(batching, "postprocess", spy("postprocess", batching.postprocess))
+    model = Probe()
+    model.forward = spy("forward", model.forward)
+    engine = InferenceEngine(model, SPEC, {}, max_batch_size=4)
+    images = [image(GOOD), image(MARKED), np.full((7, 2, 3), 200, np.uint8)]
+
+    async def run():
+        return await engine.predict(images)
+
+    preds = asyncio.run(run())
+    assert {t.split("_")[0] for t in threads["forward"]} == {"roadseg-infer"}
+    assert threads["prepare"] and not any(t.startswith("roadseg-infer") for t in threads["prepare"])
+    assert threads["postprocess"]
+    assert not any(t.startswith("roadseg-infer") for t in threads["postprocess"])
+    expected = predict(Probe(), images, SPEC)
+    assert [p.mask.tolist() for p in preds] == [p.mask.tolist() for p in expected]
+    assert [p.mask.tolist() for p in preds][2] == [[1] * 2] * 7  # red above the mean: class 1

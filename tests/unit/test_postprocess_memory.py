@@ -23,7 +23,7 @@ SCRIPT = """
 import json, sys
 import psutil, torch
 import torch.nn.functional as F
-from roadseg.serving import ModelSpec, _postprocess
+from roadseg.serving import ModelSpec, postprocess
 
 torch.set_num_threads(1)
 h, w = int(sys.argv[3]), int(sys.argv[4])
@@ -35,7 +35,7 @@ g = torch.Generator().manual_seed(0)
 lg = torch.randn(14, 96, 160, generator=g) * 4  # noise: nearly every cell mixes classes
 if sys.argv[2] == "smooth":  # large class regions, like a trained model's logits
     lg = F.interpolate(lg[None, :, :6, :10], size=(96, 160), mode="bilinear")[0]
-_postprocess(lg.clone(), 50, 80, spec)  # warm-up: lazy init outside the measurement
+postprocess(lg.clone(), 50, 80, spec)  # warm-up: lazy init outside the measurement
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
 before = psutil.Process().memory_info().rss
@@ -43,7 +43,7 @@ if sys.argv[1] == "control":
     up = F.interpolate(lg[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     conf, mask = up.softmax(dim=0).max(dim=0)
 else:
-    p = _postprocess(lg, h, w, spec)
+    p = postprocess(lg, h, w, spec)
     road = p.road_probability if sys.argv[1] == "road" else None
 peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(json.dumps({"bytes_per_pixel": (peak - before) / (h * w)}))

@@ -1,4 +1,4 @@
-"""`roadseg.serving._postprocess` (through `roadseg.upsampling`) equals the full-resolution reference.
+"""`roadseg.serving.postprocess` (through `roadseg.upsampling`) equals the full-resolution reference.
 
 The reference is the straightforward computation: upsample all logits bilinearly with
 `F.interpolate` (align_corners=False), softmax, max. Masks must agree on every pixel except
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from roadseg import upsampling
-from roadseg.serving import ModelSpec, _postprocess
+from roadseg.serving import ModelSpec, postprocess
 
 NAMES = ("road", "sidewalk", "car", "sky", "other")
 CONF_TOL = 0.01  # the documented accuracy of the sampled confidence (monitoring only)
@@ -93,7 +93,7 @@ def test_equals_full_resolution_bilinear(source, size):
     make, h_in, w_in = LOGITS[source]
     lg = make(h_in, w_in)
     h, w = size
-    p = _postprocess(lg.clone(), h, w, _spec())
+    p = postprocess(lg.clone(), h, w, _spec())
     mask, conf, road = _reference(lg, h, w)
     assert p.mask.shape == (h, w) and p.mask.dtype == np.uint8
     assert_masks_match(p.mask, lg, h, w)
@@ -109,7 +109,7 @@ def test_tiny_tiles(monkeypatch, source):
     monkeypatch.setattr(upsampling, "TILE_ELEMENTS", 37)
     make, h_in, w_in = LOGITS[source]
     lg = make(h_in, w_in)
-    p = _postprocess(lg.clone(), 97, 131, _spec())
+    p = postprocess(lg.clone(), 97, 131, _spec())
     _, conf, road = _reference(lg, 97, 131)
     assert_masks_match(p.mask, lg, 97, 131)
     assert p.confidence == pytest.approx(conf, abs=1e-6)  # under 4x the logit map: exact
@@ -130,14 +130,14 @@ def test_nearest_upsampling_would_fail():
 def test_confidence_on_a_trained_like_map_is_close():
     """96x160 logits (the demo model's size) at 1280x720: sampled vs full-resolution mean."""
     lg = structured_logits(96, 160) + 0.5 * random_logits(96, 160, seed=3)
-    p = _postprocess(lg.clone(), 720, 1280, _spec())
+    p = postprocess(lg.clone(), 720, 1280, _spec())
     assert p.confidence == pytest.approx(_reference(lg, 720, 1280)[1], abs=3e-3)
 
 
 def test_road_probability_is_lazy_and_keeps_no_batch_view():
     lg = structured_logits(48, 80)
     batch = torch.stack([lg, lg])
-    p = _postprocess(batch[0], 720, 1280, _spec())
+    p = postprocess(batch[0], 720, 1280, _spec())
     assert callable(p._road)  # not computed yet
     held = p._road.args[0]
     assert held.untyped_storage().data_ptr() != batch.untyped_storage().data_ptr()
@@ -145,7 +145,7 @@ def test_road_probability_is_lazy_and_keeps_no_batch_view():
     assert road is p.road_probability  # computed once
     want = _reference(lg, 720, 1280)[2].astype(int)
     assert np.abs(road.astype(int) - want).max() <= 1  # F.interpolate's rounding may differ
-    small = _postprocess(lg.clone(), 20, 30, _spec())
+    small = postprocess(lg.clone(), 20, 30, _spec())
     assert isinstance(small._road, np.ndarray)  # no larger than the logits: computed at once
 
 
@@ -154,7 +154,7 @@ def test_hand_computed_two_pixel_logits():
     spec = _spec(("road", "sky"))
     # road logit 0 then 2; sky logit 1 then 1 -> upsampled road logits: 0, 0.5, 1.5, 2
     lg = torch.tensor([[[0.0, 2.0]], [[1.0, 1.0]]])
-    p = _postprocess(lg, 1, 4, spec)
+    p = postprocess(lg, 1, 4, spec)
     road_logit = np.array([0.0, 0.5, 1.5, 2.0])
     p_road = 1 / (1 + np.exp(1.0 - road_logit))
     assert p.mask.tolist() == [[1, 1, 0, 0]]
@@ -167,16 +167,16 @@ def test_hand_computed_boundary_cell_is_interpolated():
     """1x2 -> 1x8: nearest would switch at the middle; bilinear switches where 2t > 1.2."""
     spec = _spec(("road", "sky"))
     lg = torch.tensor([[[0.0, 2.0]], [[1.2, 1.2]]])
-    p = _postprocess(lg, 1, 8, spec)
+    p = postprocess(lg, 1, 8, spec)
     # source x = (dst + 0.5) / 4 - 0.5 clamped: 0, 0, 0.125, 0.375, 0.625, 0.875, 1, 1
     assert p.mask.tolist() == [[1, 1, 1, 1, 0, 0, 0, 0]]
     lg = torch.tensor([[[0.0, 2.0]], [[1.4, 1.4]]])  # switch past the middle: road from x > 0.7
-    assert _postprocess(lg, 1, 8, spec).mask.tolist() == [[1, 1, 1, 1, 1, 0, 0, 0]]
+    assert postprocess(lg, 1, 8, spec).mask.tolist() == [[1, 1, 1, 1, 1, 0, 0, 0]]
 
 
 def test_without_a_road_class_no_road_probability():
     spec = _spec(("sky", "car"))
-    p = _postprocess(torch.zeros(2, 3, 3), 5, 5, spec)
+    p = postprocess(torch.zeros(2, 3, 3), 5, 5, spec)
     assert p.road_probability is None
     assert p.confidence == pytest.approx(0.5)
     assert p.mask.tolist() == [[0] * 5] * 5  # ties go to the first class, as torch.max does
