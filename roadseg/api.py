@@ -99,7 +99,7 @@ class ServingState:
             array = overlay(image, pred.mask, colors, self.overlay_alpha)
         else:
             raise InputError(f"unknown format {fmt!r} (mask, color or overlay)", 422, "bad_format")
-        return encode_image(array, codec)
+        return encode_image(array, codec, photo=fmt == "overlay")
 
     def json_result(self, image: np.ndarray, pred: Prediction) -> dict[str, Any]:
         """The `/segment/json` body."""
@@ -113,9 +113,9 @@ class ServingState:
         }
 
 
-def encode_image(array: np.ndarray, codec: str = "PNG") -> bytes:
+def encode_image(array: np.ndarray, codec: str = "PNG", *, photo: bool = False) -> bytes:
     if codec == "PNG":
-        return encode_png(array)
+        return encode_png(array, photo=photo)
     from PIL import Image
 
     buf = io.BytesIO()

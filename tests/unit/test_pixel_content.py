@@ -304,15 +304,43 @@ def test_png_is_lossless_and_written_at_zlib_level_1() -> None:
     from roadseg.serving import encode_png
 
     rng = np.random.default_rng(0)
-    for array in (rng.integers(0, 14, (30, 40), dtype=np.uint8),
-                  rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)):  # fmt: skip
-        data = encode_png(array)
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), array)
+    arrays = [rng.integers(0, 14, (30, 40), dtype=np.uint8),
+              rng.integers(0, 256, (30, 40, 3), dtype=np.uint8),
+              rng.integers(0, 256, (7, 5, 4), dtype=np.uint8),
+              rng.integers(0, 256, (1, 1, 3), dtype=np.uint8),
+              rng.integers(0, 256, (9, 1), dtype=np.uint8)]  # fmt: skip
+    modes = {2: "L", 3: "RGB", 4: "RGBA"}
+    for array, photo in [(a, p) for a in arrays for p in (False, True)]:
+        data = encode_png(array, photo=photo)
+        decoded = Image.open(io.BytesIO(data))
+        assert decoded.mode == modes[2 if array.ndim == 2 else array.shape[2]]
+        assert np.array_equal(np.asarray(decoded), array), (array.shape, photo)
         pos = 8  # after the signature: chunks of length, type, data, CRC
         while data[pos + 4 : pos + 8] != b"IDAT":
             pos += 12 + struct.unpack(">I", data[pos : pos + 4])[0]
         cmf, flg = data[pos + 8], data[pos + 9]
         assert cmf & 0x0F == 8 and flg >> 6 == 0  # deflate, FLEVEL 0 = fastest
+    for bad in (np.zeros((0, 4), np.uint8), np.zeros((4, 4, 2), np.uint8), np.zeros(4, np.uint8)):
+        with pytest.raises(ValueError, match="encode_png needs"):
+            encode_png(bad)
+
+
+def test_overlay_table_equals_the_float_blend_for_every_value_and_class() -> None:
+    """The looked-up overlay is byte for byte the float formula (1 - a) x + a c as it was computed
+    before the table (image term in float32), rounded half to even, for every pixel value, class
+    (with and without a colour) and several alphas."""
+    rng = np.random.default_rng(3)
+    colors = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(14)]
+    values = np.arange(256, dtype=np.uint8)
+    image = np.stack([values, values[::-1], np.roll(values, 77)], axis=1)[None].repeat(16, 0)
+    mask = np.repeat(np.arange(16, dtype=np.uint8)[:, None], 256, 1)
+    mask[15] = 255  # ignore: no colour, blended with black
+    for alpha in (0.0, 0.25, 0.3, 0.5, 0.7, 1.0):
+        palette = np.zeros((256, 3))
+        palette[:14] = colors
+        want = (1.0 - alpha) * image.astype(np.float32) + alpha * palette[mask]
+        got = overlay(image, mask, colors, alpha)
+        assert np.array_equal(got, np.rint(want).astype(np.uint8)), alpha
 
 
 def test_spec_from_params_carries_every_field() -> None:
