@@ -25,16 +25,13 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
 
-from roadseg.api import Format, RawImageBody, ServingState, error_response
+from roadseg.api import Format, RawImageBody, ServingState
 from roadseg.httpguard import GuardMiddleware, install_http_guards
-from roadseg.inputs import Budget, InputError, decode_image
 from roadseg.legacy import build_legacy_app
 
 DEFAULT_MODEL_URI = "models:/roadseg-unet@champion"
 UI_DIR = Path(__file__).resolve().parent / "ui"
-FORMATS = ("mask", "color", "overlay")
 
 
 def current_state() -> ServingState | None:
@@ -126,42 +123,18 @@ class RoadSegService:
         """One JPEG/PNG (multipart `image`, or the raw body) -> PNG at the input's resolution:
         class ids (`mask`), colourised mask (`color`) or the image blended with it (`overlay`).
         `format` may also come as the query parameter `?format=`."""
-        try:
-            fmt = _format(format, ctx)
-            decoded = await self._decode(image)
-            (pred,) = await self.state.infer([decoded])
-            png = await run_in_threadpool(self.state.render, decoded, pred, fmt)
-        except (InputError, HTTPException) as e:
-            error = error_response(e)
-            if ctx is not None:  # BentoML applies the context's status to the response
-                ctx.response.status_code = error.status_code
-            return error
-        return Response(png, media_type="image/png")
+        query = ctx.request.query_params.get("format") if ctx is not None else None
+        data = await run_in_threadpool(Path(image).read_bytes)
+        response = await self.state.segment(data, format or query or "mask")
+        if ctx is not None:  # BentoML applies the context's status to the response
+            ctx.response.status_code = response.status_code
+        return response
 
     @bentoml.api(route="/segment/json")
     async def segment_json(self, image: Path) -> SegmentResult:
         """One JPEG/PNG -> base64 PNG mask, per-class pixel shares, mean confidence, version."""
-        try:
-            decoded = await self._decode(image)
-            (pred,) = await self.state.infer([decoded])
-        except (InputError, HTTPException) as e:
-            return error_response(e)
-        # PNG encoding (~6 ms at 720p) off the event loop, as every other route renders
-        return JSONResponse(await run_in_threadpool(self.state.json_result, decoded, pred))
-
-    async def _decode(self, image: Path) -> Any:
         data = await run_in_threadpool(Path(image).read_bytes)
-        limits = self.state.limits
-        return await run_in_threadpool(
-            decode_image, data, limits, name="image", budget=Budget(limits)
-        )
-
-
-def _format(given: str | None, ctx: bentoml.Context | None) -> str:
-    fmt = given or (ctx.request.query_params.get("format") if ctx is not None else None) or "mask"
-    if fmt not in FORMATS:
-        raise InputError(f"unknown format {fmt!r} (mask, color or overlay)", 422, "bad_format")
-    return fmt
+        return await self.state.segment_json(data)
 
 
 def _observer() -> Any:
@@ -183,9 +156,9 @@ def _observer() -> Any:
     return observe
 
 
-# Outermost first: the guard sees the request as sent, then raw bodies become multipart `image`.
+# Outermost first: the guard sees the request as sent, then raw image bodies are answered.
 RoadSegService.add_asgi_middleware(GuardMiddleware, state=current_state)
 # Header timeout and size cap on the connection, metrics labelled by route: BentoML has no
 # setting for either, and its worker imports this module before building the server and app.
 install_http_guards(current_state)
-RoadSegService.add_asgi_middleware(RawImageBody)
+RoadSegService.add_asgi_middleware(RawImageBody, state=current_state)
