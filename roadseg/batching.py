@@ -32,6 +32,8 @@ from roadseg.serving import ModelSpec, Prediction, forward, postprocess, predict
 
 # (batch_size, seconds) after each forward pass, for metrics.
 Observer = Callable[[int, float], None]
+# (images, predictions) of one request, once its predictions are made.
+AfterHook = Callable[[Sequence[np.ndarray], list[Prediction]], None]
 
 
 class InferenceEngine:
@@ -84,24 +86,31 @@ class InferenceEngine:
             self.predict_now([np.zeros((h, w, 3), np.uint8)] * min(2, self.max_batch_size))
         self.ready = True
 
-    async def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Queue the images and wait for their predictions (same order)."""
+    async def predict(
+        self, images: Sequence[np.ndarray], then: AfterHook | None = None
+    ) -> list[Prediction]:
+        """Queue the images and wait for their predictions (same order). `then(images, preds)`
+        runs in the same worker thread once the predictions are made (monitoring), so it costs
+        the event loop nothing; it must not raise."""
         if not images:
             return []
         inputs = await asyncio.to_thread(self._prepare, images)
         logits = await self._queue(inputs)
-        return await asyncio.to_thread(self._postprocess, images, logits)
+        return await asyncio.to_thread(self._postprocess, images, logits, then)
 
     def _prepare(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         return [prepare(im, self.spec) for im in images]
 
     def _postprocess(
-        self, images: Sequence[np.ndarray], logits: Sequence[torch.Tensor]
+        self, images: Sequence[np.ndarray], logits: Sequence[torch.Tensor], then: AfterHook | None
     ) -> list[Prediction]:
-        return [
+        preds = [
             postprocess(lg, im.shape[0], im.shape[1], self.spec)
             for im, lg in zip(images, logits, strict=True)
         ]
+        if then is not None:
+            then(images, preds)
+        return preds
 
     async def _queue(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each prepared input's logits (C, h, w), through the batching worker."""
