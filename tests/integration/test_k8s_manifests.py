@@ -391,6 +391,9 @@ def test_service_deployment_shape(rendered, overlay: str) -> None:
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert {m["type"] for m in hpa["spec"]["metrics"]} == {"Resource", "Pods"}
     limits = _bento(docs)["resources"]["limits"]
+    threads = _env(_bento(docs))["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert threads == {"resource": "limits.cpu", "divisor": "1"}  # torch threads = the CPU limit
+    assert "cpu" in limits
     if overlay == "prod":
         assert limits["nvidia.com/gpu"] == 1
         assert spec["nodeSelector"] and spec["tolerations"][0]["key"] == "nvidia.com/gpu"
