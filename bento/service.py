@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from roadseg.api import Format, RawImageBody, ServingState
+from roadseg.api import Format, SegmentRoutes, ServingState
 from roadseg.httpguard import GuardMiddleware, install_http_guards
 from roadseg.legacy import build_legacy_app
 
@@ -156,9 +156,9 @@ def _observer() -> Any:
     return observe
 
 
-# Outermost first: the guard sees the request as sent, then raw image bodies are answered.
+# Outermost first: the guard sees the request as sent, then /segment requests are read.
 RoadSegService.add_asgi_middleware(GuardMiddleware, state=current_state)
 # Header timeout and size cap on the connection, metrics labelled by route: BentoML has no
 # setting for either, and its worker imports this module before building the server and app.
 install_http_guards(current_state)
-RoadSegService.add_asgi_middleware(RawImageBody, state=current_state)
+RoadSegService.add_asgi_middleware(SegmentRoutes, state=current_state)

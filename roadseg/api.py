@@ -4,15 +4,17 @@
 limits, the monitoring log and the API key. Every route, typed or legacy, goes through
 `ServingState.infer`, i.e. one batching queue (`roadseg.batching`), and renders through the same
 helpers, so all routes answer the same pixels. `roadseg.httpguard.GuardMiddleware` wraps the
-whole BentoML app (API key, limits, timeouts, `X-Model-Version`). `RawImageBody` lets
-`curl --data-binary @img.jpg /segment` keep working next to BentoML's multipart `image` field.
+whole BentoML app (API key, limits, timeouts, `X-Model-Version`). `SegmentRoutes` reads
+`/segment` requests (raw body, as `curl --data-binary @img.jpg`, or multipart `image`).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
@@ -228,42 +231,73 @@ def _api_key(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None
     return given[0].decode("latin-1"), None
 
 
-RAW_IMAGE_ROUTES = ("/segment", "/segment/json")
+SEGMENT_ROUTES = ("/segment", "/segment/json")
 
 
-class RawImageBody:
-    """`POST /segment` and `/segment/json` with the image as the whole body (`curl
-    --data-binary`, the earlier clients) are answered here, through the same
-    `ServingState.segment` / `segment_json` as the typed methods; multipart and JSON bodies go on
-    to BentoML's typed routes. A raw body needs no multipart parsing, temporary file or pydantic
-    model: on the serving hot path that is a third of the event loop's time per request."""
+class SegmentRoutes:
+    """HTTP requests to `POST /segment` and `/segment/json`, read here and answered through the
+    same `ServingState.segment` / `segment_json` as the typed BentoML methods (which define the
+    schema the BentoML clients read). The image comes as the raw body (`curl --data-binary`, the
+    earlier clients) or as the multipart field `image` (+ `format`; the BentoML clients, forms).
+
+    Read here rather than by BentoML because its typed-route parsing answers a multipart body
+    without `image` with a 500 and a logged traceback, and other mistakes with pydantic's error
+    list; a raw body also needs no multipart round trip, temporary file or pydantic model (a
+    third of the event loop's time per request on the serving hot path).
+    """
 
     def __init__(self, app: Any, state: StateSource) -> None:
         self.app, self.state = app, state
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if not _raw_image_request(scope):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("path") not in SEGMENT_ROUTES:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
         try:
-            data = await request.body()
+            data, fmt = await _segment_input(request)
         except ClientDisconnect:
             return  # the guard answered (408, 413) or the client left
+        except InputError as e:
+            await error_response(e)(scope, receive, send)
+            return
         state = _resolve(self.state)
         if state is None:
             response = JSONResponse(json_error(503, "unavailable", "model is not loaded yet"), 503)
         elif scope["path"] == "/segment":
-            response = await state.segment(data, request.query_params.get("format") or "mask")
+            response = await state.segment(data, fmt or "mask")
         else:
             response = await state.segment_json(data)
         await response(scope, receive, send)
 
 
-def _raw_image_request(scope: dict) -> bool:
-    if scope["type"] != "http" or scope.get("method") != "POST":
-        return False
-    if scope.get("path") not in RAW_IMAGE_ROUTES:
-        return False
-    ctype = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-type"), b"")
-    return not ctype.lower().startswith((b"multipart/", b"application/json"))
+async def _segment_input(request: Request) -> tuple[bytes, str | None]:
+    """(image bytes, format) of a segment request: multipart `image` + `format`, or the body."""
+    ctype = request.headers.get("content-type", "").lower()
+    query = request.query_params.get("format")
+    if ctype.startswith("application/json"):
+        raise InputError("send the image as the raw body or as the multipart field `image`",
+                         415, "unsupported_media_type")  # fmt: skip
+    if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return await request.body(), query
+    try:
+        async with request.form(max_files=1, max_fields=4) as form:
+            images = form.getlist("image")
+            if len(images) != 1:
+                raise InputError(f"expected one multipart field `image`, got {len(images)}",
+                                 422, "missing_image")  # fmt: skip
+            image, fmt = images[0], form.get("format")
+            data = image.encode() if isinstance(image, str) else await image.read()
+    except (MultiPartException, HTTPException) as e:  # malformed, too many files or fields
+        detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e)
+        raise InputError(f"bad multipart body: {detail[:200]}", 400, "bad_multipart") from None
+    if fmt is not None and not isinstance(fmt, str):
+        raise InputError("`format` must be a text field", 422, "bad_format")
+    if fmt and fmt.startswith('"'):  # the BentoML clients send form fields JSON-encoded
+        with contextlib.suppress(ValueError, RecursionError):
+            decoded = json.loads(fmt)
+            fmt = decoded if isinstance(decoded, str) else fmt
+    return data, fmt or query
