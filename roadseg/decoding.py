@@ -16,9 +16,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 IMAGE_FORMATS = ("JPEG", "PNG", "MPO")  # MPO: camera JPEGs; the first frame is used
+# The only PIL plugins that ever see the bytes (PIL's JPEG opener also yields MPO).
+OPEN_FORMATS = ("JPEG", "PNG")
+# Formats we name in a 415 (PIL never parses them).
+OTHER_FORMATS = (
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"qoif", "QOI"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
+    (b"\xffO\xffQ", "JPEG2000"),
+    (b"\xff\xd8\xff", "JPEG variant (12-bit, lossless or a broken frame header)"),
+)
+JPEG_MAX_EXIF_SEGMENTS = 8  # PIL joins Exif APP1 segments pairwise: quadratic in their number
 JPEG_MAX_SIDE = 65500  # the largest width or height a JPEG can encode
 # Pixels per byte of file beyond which a header lies about its data: a JPEG needs >= 1 bit per
 # 8x8 block (512 px/byte), a 1-bit PNG at deflate's best ratio ~8300 px/byte; 2x margin each.
@@ -140,16 +156,16 @@ def probe_image(
     """Read the header only: format, size, pixel limits, decode-work bounds, the budget."""
     if not data:
         raise InputError(f"{name}: empty upload (0 bytes)", 400, "empty")
+    if data[:2] == b"\xff\xd8":
+        _check_jpeg_segments(data, name)  # before PIL parses the header, which is the cost
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))  # reads the header only
+            img = Image.open(io.BytesIO(data), formats=OPEN_FORMATS)  # reads the header only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise InputError(f"{name}: image too large ({e})", 413, "too_many_pixels") from None
         except UnidentifiedImageError:
-            raise InputError(
-                f"{name}: not an image (expected JPEG or PNG)", 415, "not_an_image"
-            ) from None
+            raise _not_supported(data, name) from None
         except Exception as e:
             raise InputError(
                 f"{name}: unreadable image header ({_short(e)})", 400, "corrupt_image"
@@ -173,6 +189,21 @@ def probe_image(
     if budget is not None:
         budget.charge(name, images=1, pixels=w * h, nbytes=len(data))
     return Probe(name, data, w, h)
+
+
+def _not_supported(data: bytes, name: str) -> InputError:
+    """415 for bytes no allowed decoder accepts, naming the format when its magic is known."""
+    riff = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    fmt = (
+        "WEBP" if riff else next((f for magic, f in OTHER_FORMATS if data.startswith(magic)), None)
+    )
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"avif", b"avis"):
+        fmt = "HEIF/AVIF"
+    if fmt is None:
+        return InputError(f"{name}: not an image (expected JPEG or PNG)", 415, "not_an_image")
+    return InputError(
+        f"{name}: unsupported image format {fmt} (send JPEG or PNG)", 415, "unsupported_format"
+    )
 
 
 def check_decode_work(data: bytes, fmt: str, pixels: int, limits: Limits, name: str) -> None:
@@ -223,6 +254,31 @@ def _check_png_chunks(data: bytes, name: str) -> None:
         pos += 12 + length
 
 
+def _check_jpeg_segments(data: bytes, name: str) -> None:
+    """Walk the marker segments before the first scan (headers only): PIL concatenates every
+    Exif APP1 segment onto the previous ones, so 700 of them (46 MB) cost ~20 s of CPU."""
+    pos, exif = 2, 0
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan, end of image: the header is over
+            return
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
+            exif += 1
+            if exif > JPEG_MAX_EXIF_SEGMENTS:
+                raise InputError(
+                    f"{name}: JPEG holds more than {JPEG_MAX_EXIF_SEGMENTS} Exif segments",
+                    413,
+                    "too_much_decode_work",
+                )
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+
+
 def _decode_checked(data: bytes, limits: Limits, name: str) -> np.ndarray:
     """Decode bytes that `probe_image` accepted; truncated data is refused, never padded."""
     with warnings.catch_warnings():
@@ -230,9 +286,9 @@ def _decode_checked(data: bytes, limits: Limits, name: str) -> np.ndarray:
         if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global someone may have set: never pad data
             ImageFile.LOAD_TRUNCATED_IMAGES = False
         try:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=OPEN_FORMATS)
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
+            return _to_rgb(_displayed(img))
         except Image.DecompressionBombWarning as e:
             raise InputError(f"{name}: image too large ({e})", 413, "too_many_pixels") from None
         except MemoryError:
@@ -251,10 +307,44 @@ def _short(e: Exception) -> str:
     return text[:200]
 
 
+def _displayed(img: Image.Image) -> Image.Image:
+    """The image as displayed: its EXIF (or XMP) orientation applied, all eight of them.
+
+    Metadata never fails a decode: an unreadable or nonsensical EXIF block (a broken maker note,
+    a wrong type) means orientation 1, as viewers treat it. Unlike `ImageOps.exif_transpose`
+    this neither copies an unrotated image nor re-serialises the EXIF block.
+    """
+    try:
+        orientation = img.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # PIL raises many types on hostile metadata (struct, Syntax, Value...)
+        return img
+    method = TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return img if method is None else img.transpose(method)
+
+
+ORIENTATION_TAG = 0x0112
+TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Decoded PIL image -> RGB uint8; 16/32-bit grey is scaled to 8 bits, never clipped."""
+    """Decoded PIL image -> RGB uint8; 16/32-bit grey is scaled to 8 bits, never clipped.
+
+    Grey is scaled in integers (rint(v / 257), 65535 -> 255) at 2 bytes per pixel, not through
+    float64 (8 bytes per pixel: +320 MB for a 40 Mpx 16-bit PNG of 80 kB).
+    """
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        grey = np.asarray(img).astype(np.float64)
-        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)  # 65535 -> 255
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        grey = np.asarray(img)
+        if grey.dtype != np.uint16:  # mode I (int32): clip into the 16-bit range first
+            grey = np.clip(grey, 0, 65535).astype(np.uint16)
+        q = grey // 257
+        q += (grey - q * 257) >= 129  # round half up; v / 257 is never exactly k + 0.5
+        return np.repeat(q.astype(np.uint8)[:, :, None], 3, axis=2)
     return np.asarray(img.convert("RGB"))

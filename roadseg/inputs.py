@@ -52,19 +52,26 @@ __all__ = [
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 ZIP_END = b"PK\x05\x06"
+URLSAFE = str.maketrans("-_", "+/")
+ZIP64_END = b"PK\x06\x06"
 ZIP_MAX_NAME = 1024  # bytes of central-directory record per entry we are willing to parse
 
 
 def decode_base64(text: Any, *, name: str) -> bytes:
-    """Strict base64 (a `data:...;base64,` prefix is allowed) -> bytes, or InputError 400."""
+    """Base64 -> bytes, or InputError 400. Allowed: a `data:...;base64,` prefix, whitespace and
+    line breaks, the URL-safe alphabet, padding left out; anything else is invalid."""
     if not isinstance(text, str):
         raise InputError(
             f"{name}: expected a base64 string, got {type(text).__name__}", 422, "bad_json"
         )
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
+    text = "".join(text.split())
+    if ("-" in text or "_" in text) and not ("+" in text or "/" in text):
+        text = text.translate(URLSAFE)  # the URL-safe alphabet (RFC 4648 section 5)
+    text += "=" * (-len(text) % 4 if len(text) % 4 in (2, 3) else 0)  # padding left out
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise InputError(f"{name}: invalid base64 ({e})", 400, "invalid_base64") from None
 
@@ -162,7 +169,9 @@ def check_zip_directory(data: bytes, entries_left: int) -> None:
     if end < 0 or end + 22 > len(data):
         raise InputError("not a readable ZIP archive (no end record)", 400, "corrupt_zip")
     entries, cd_size = struct.unpack_from("<HI", data, end + 10)
-    if entries > entries_left:  # 0xFFFF (ZIP64) is far beyond any image budget
+    if entries == 0xFFFF or cd_size == 0xFFFFFFFF:  # the real values are in the ZIP64 record
+        entries, cd_size = _zip64_directory(data, end)
+    if entries > entries_left:
         raise InputError(
             f"ZIP has {entries} entries, more than the limit of {entries_left}",
             413,
@@ -174,6 +183,19 @@ def check_zip_directory(data: bytes, entries_left: int) -> None:
             413,
             "zip_too_many_entries",
         )
+
+
+def _zip64_directory(data: bytes, end: int) -> tuple[int, int]:
+    """(entries, directory size) from the ZIP64 end record that precedes the locator (some
+    writers use one whatever the archive's size)."""
+    locator = end - 20
+    if locator < 56 or data[locator : locator + 4] != b"PK\x06\x07":
+        raise InputError("ZIP64 archive without its end record locator", 400, "corrupt_zip")
+    record = data.rfind(ZIP64_END, max(0, locator - 65536), locator)
+    if record < 0 or record + 56 > locator:
+        raise InputError("ZIP64 archive without its end record", 400, "corrupt_zip")
+    entries, cd_size = struct.unpack_from("<QQ", data, record + 32)
+    return entries, cd_size
 
 
 def read_zip_images(

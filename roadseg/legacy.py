@@ -247,7 +247,7 @@ async def infer_in_chunks(
 
 async def _json_document(request: Request, limits: Limits) -> Any:
     """The JSON document of `/predict/returns-json/`: the body, or a multipart `file` part."""
-    ctype = request.headers.get("content-type", "")
+    ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=1)
         part = form.get("file")

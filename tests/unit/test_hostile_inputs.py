@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import time
 
@@ -298,3 +299,213 @@ def test_frames_too_large_for_h264_are_refused_from_the_header():
     problems = _problems(VideoInfo(25.0, 1.0, 20000, 2), Limits())
     assert problems and problems[0][:2] == (413, "too_large_for_h264")
     assert _problems(VideoInfo(25.0, 1.0, 1920, 1080), Limits()) == []
+
+
+# ---------------------------------------------------------------- round 2: metadata and formats
+
+# What each EXIF orientation displays, from the stored pixels (EXIF 2.32, tag 0x0112).
+DISPLAYED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, -1)[::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _png_with_exif(pixels: np.ndarray, exif: bytes) -> bytes:
+    """A lossless PNG whose eXIf chunk holds `exif` (a TIFF block, no "Exif" prefix)."""
+    png = encode(pixels)
+    iend = png.rindex(b"IEND") - 4
+    return png[:iend] + png_chunk(b"eXIf", exif) + png[iend:]
+
+
+def _tiff_ifd(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """A little-endian TIFF block with one IFD of (tag, type, count, 4-byte value) entries."""
+    body = b"".join(struct.pack("<HHI", t, typ, n) + v.ljust(4, b"\0") for t, typ, n, v in entries)
+    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + body + b"\0\0\0\0"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_gives_the_displayed_image_and_mask(served, orientation):  # noqa: F811
+    from test_service_app import expected_mask, png_array
+
+    client, _, _, _ = served
+    stored = image_bytes(18, 29, seed=orientation)[1]  # asymmetric: a wrong flip shows
+    data = _png_with_exif(stored, _tiff_ifd((0x0112, 3, 1, struct.pack("<H", orientation))))
+    shown = np.ascontiguousarray(DISPLAYED[orientation](stored))
+    np.testing.assert_array_equal(decode_image(data, LIM), shown)
+    r = client.post("/segment", files={"image": ("o.png", data)}, headers=H)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(png_array(r.content), expected_mask(served, shown))
+
+
+@pytest.mark.parametrize(
+    "exif",
+    [
+        b"MM\x00t\x00\x00\x00\x08" + b"\0" * 20,  # not a TIFF header
+        _tiff_ifd((0x0112, 2, 4, b"six\0")),  # orientation as text
+        _tiff_ifd((0x0112, 3, 1, b"\x06\x00"), (0x927C, 7, 10**6, struct.pack("<I", 999))),
+        b"II*\x00" + struct.pack("<IH", 8, 65535) + b"\x12\x01",  # 65535 entries announced
+        b"II*\x00" + struct.pack("<I", 2**31),  # IFD far past the end
+        _tiff_ifd((0x0112, 3, 1, b"\x09\x00")),  # orientation 9 does not exist
+    ],
+    ids=["bad-header", "text-orientation", "lying-maker-note", "entry-flood", "far-ifd", "nine"],
+)
+def test_broken_exif_never_fails_a_valid_image(served, exif):  # noqa: F811
+    """A camera image with a corrupt EXIF block is a valid image (viewers ignore the block);
+    it was refused with 400 when PIL's exif_transpose re-serialised the block."""
+    client, _, _, _ = served
+    stored = image_bytes(12, 20, seed=5)[1]
+    data = _png_with_exif(stored, exif)
+    out = decode_image(data, LIM)
+    # the lying maker note sits next to a readable orientation 6; the others mean "as stored"
+    want = np.rot90(stored, -1) if exif[10:12] == b"\x12\x01" and b"\x06" in exif[18:20] else stored
+    np.testing.assert_array_equal(out, want)
+    r = client.post("/segment", files={"image": ("e.png", data)}, headers=H)
+    assert r.status_code == 200, r.text
+    _good_request_still_works(client)
+
+
+def test_many_exif_segments_are_refused_before_pil_parses_the_header(monkeypatch):
+    """PIL concatenates Exif APP1 segments one onto the other (quadratic): 700 of them in a
+    46 MB JPEG cost ~20 s of CPU before any pixel. Refused from the segment headers alone."""
+    import PIL.Image
+
+    data, _ = image_bytes(16, 16, "JPEG")
+    app1 = b"\xff\xe1" + struct.pack(">H", 65535) + b"Exif\x00\x00" + b"\0" * 65527
+    hostile = data[:2] + app1 * 700 + data[2:]
+
+    def no_pil(*a, **k):
+        raise AssertionError("PIL parsed a header that the segment walk should have refused")
+
+    with monkeypatch.context() as m:
+        m.setattr(PIL.Image, "open", no_pil)
+        with pytest.raises(InputError) as e:
+            decode_image(hostile, LIM)
+    assert e.value.status == 413 and e.value.problem == "too_much_decode_work"
+    # an ordinary camera JPEG (one Exif segment, orientation 6) still decodes, rotated
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 10), (200, 10, 10)).save(buf, format="JPEG", exif=exif.tobytes())
+    assert decode_image(buf.getvalue(), LIM).shape == (30, 10, 3)
+
+
+def test_sixteen_bit_grey_is_rounded_exactly_in_bounded_memory():
+    import tracemalloc
+
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    rgb = decode_image(encode(values), LIM)
+    want = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(rgb[..., 0], want)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    big = encode(np.tile(values, (8, 8)))  # 4 Mpx of 16-bit grey
+    tracemalloc.start()
+    decode_image(big, LIM)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 14 * 2048 * 2048, peak  # float64 scaling peaked at ~26 bytes per pixel
+
+
+def _saved(fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(image_bytes(20, 30)[1])
+    (img.convert("1") if fmt == "XBM" else img).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+OTHER_FORMATS = {
+    "GIF": (lambda: _saved("GIF", save_all=True, append_images=[Image.new("RGB", (30, 20))] * 50)),
+    "TIFF": (lambda: _saved("TIFF", save_all=True, append_images=[Image.new("RGB", (30, 20))])),
+    "BMP": lambda: _saved("BMP"),
+    "WEBP": lambda: _saved("WEBP"),
+    "ICO": lambda: _saved("ICO"),
+    "TGA": lambda: _saved("TGA"),
+    "SGI": lambda: _saved("SGI"),
+    "PCX": lambda: _saved("PCX"),
+    "PPM": lambda: _saved("PPM"),
+    "XBM": lambda: _saved("XBM"),
+    "PDF": lambda: _saved("PDF"),
+    "SVG": lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+    "HEIC": lambda: b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64,
+    "AVIF": lambda: b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf" + b"\0" * 64,
+    "12-bit JPEG": lambda: (lambda d, i: d[: i + 4] + b"\x0c" + d[i + 5 :])(
+        image_bytes(16, 16, "JPEG")[0], image_bytes(16, 16, "JPEG")[0].index(b"\xff\xc0")
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", OTHER_FORMATS, ids=list(OTHER_FORMATS))
+def test_formats_pil_could_open_are_415_and_never_parsed(served, monkeypatch, fmt):  # noqa: F811
+    """Only the JPEG and PNG plugins ever see the bytes: a TIFF's IFDs, a GIF's frames or a
+    PSD's layers are not parsed just to be refused."""
+    from PIL import TiffImagePlugin
+
+    client, _, _, _ = served
+    data = OTHER_FORMATS[fmt]()
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_open", lambda self: 1 / 0)
+    with pytest.raises(InputError) as e:
+        decode_image(data, LIM)
+    assert e.value.status == 415, str(e.value)
+    r = client.post("/segment", files={"image": ("x.bin", data)}, headers=H)
+    assert r.status_code == 415 and r.json()["status"] == 415, r.text
+    assert "Traceback" not in r.text
+    _good_request_still_works(client)
+
+
+def test_zip64_end_record_is_read_not_taken_for_65535_entries():
+    from roadseg.inputs import read_zip_images
+    from tests.images import zip_bytes
+
+    a, b = image_bytes(8, 8)[0], image_bytes(9, 8, seed=1)[0]
+    plain = zip_bytes({"a.png": a, "b.png": b})
+    end = plain.rindex(b"PK\x05\x06")
+    n, cd_size, cd_off = struct.unpack_from("<HII", plain, end + 10)
+    record = struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, cd_size, cd_off)
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, end, 1)
+    eocd = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 2**32 - 1, 2**32 - 1, 0)
+    zip64 = plain[:end] + record + locator + eocd
+    assert read_zip_images(zip64, LIM) == [("a.png", a), ("b.png", b)]
+    with pytest.raises(InputError) as e:
+        check_zip_directory(zip64, 1)
+    assert e.value.status == 413 and "2 entries" in str(e.value)
+
+
+def test_base64_variants_clients_send():
+    from roadseg.inputs import decode_base64
+
+    png = image_bytes(8, 8)[0]
+    std = base64.b64encode(png).decode()
+    for text in (
+        std,
+        "data:image/png;base64," + std,
+        base64.encodebytes(png).decode(),  # MIME line breaks
+        base64.urlsafe_b64encode(png).decode(),
+        std.rstrip("="),
+        base64.urlsafe_b64encode(png).decode().rstrip("="),
+    ):
+        assert decode_base64(text, name="x") == png
+    for bad in ("a", "ab$d", std[:-2] + "-/", "=" * 8 + std):
+        with pytest.raises(InputError) as e:
+            decode_base64(bad, name="x")
+        assert e.value.status == 400 and e.value.problem == "invalid_base64"
+
+
+def test_json_route_reads_a_multipart_type_in_any_case(served):  # noqa: F811
+    client, _, _, _ = served
+    doc = {"image_names": ["a"], "images": [base64.b64encode(image_bytes(8, 8)[0]).decode()]}
+    body = (
+        b'--b0\r\nContent-Disposition: form-data; name="file"; filename="a.json"\r\n\r\n'
+        + json.dumps(doc).encode()
+        + b"\r\n--b0--\r\n"
+    )
+    r = client.post(
+        "/predict/returns-json/",
+        content=body,
+        headers={**H, "Content-Type": "Multipart/Form-Data; boundary=b0"},
+    )
+    assert r.status_code == 200 and len(r.json()["pred_mask"]) == 1, r.text[:300]
