@@ -1,38 +1,20 @@
-"""HTTP hardening: the guard middleware, and what sits below the ASGI app, where BentoML 1.4
-offers no setting (the HTTP connection and the Prometheus labels).
-
-`GuardMiddleware` wraps the whole BentoML app: header budget (431), API key (401), body size
-(413), body read timeouts (408), multipart part count (413), JSON bodies for every error,
-`X-Model-Version` on every response, and cancellation of a route whose client hung up.
-
-`bentoml serve` runs each worker as `uvicorn.Server(uvicorn.Config(app, timeout_keep_alive=...))`
-(`_bentoml_impl/worker/service.py`) with no way to pass a protocol or a header timeout, and
-uvicorn has none: its keep-alive timer only runs between requests, so a client that connects
-and trickles a header (slowloris) holds the connection until BentoML's 300 s traffic timeout, and
-httptools buffers headers without a size limit. An app cannot help: it is called only once the
-headers are complete. So `install_http_guards` registers `GuardedHTTPProtocol` (uvicorn's own
-protocol class plus a header timer and a pending-header byte cap) as uvicorn's "auto" protocol;
-the worker imports the service module before it builds its `uvicorn.Config`, so the service
-calls it at import.
-
-BentoML's traffic metrics label requests by the raw `scope["path"]`, so requests to random
-paths (even unauthenticated ones: the metrics middleware runs before ours) would create label
-values without bound. `RouteLabelledMetrics` replaces the metrics middleware class BentoML
-builds its app with; it labels by route (unknown paths share one label) and passes the real
-path on to routing.
+"""HTTP hardening, the ASGI part: `GuardMiddleware` wraps the whole BentoML app: header budget
+(431), API key (401), content encoding (415), body size (413), body read timeouts (408),
+multipart part count (413), JSON bodies for every error, `X-Model-Version` on every response,
+and cancellation of a route whose client hung up. What sits below the app (the connection's
+header timeout, parser errors, metric labels) is `roadseg.httpconn`, re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from roadseg.api import (
@@ -46,44 +28,28 @@ from roadseg.api import (
     error_response,
     json_error,
 )
+from roadseg.httpconn import (
+    KNOWN_ROUTES,
+    UNKNOWN_ROUTE,
+    install_http_guards,
+    raw_http_error,
+    route_label,
+)
 
 logger = logging.getLogger(__name__)
+__all__ = [
+    "KNOWN_ROUTES",
+    "UNKNOWN_ROUTE",
+    "GuardMiddleware",
+    "PartCounter",
+    "install_http_guards",
+    "raw_http_error",
+    "route_label",
+]
 
-# Every route the service answers (typed API, legacy app, BentoML's system routes); a path
-# outside them is labelled UNKNOWN_ROUTE. tests/unit/test_hostile_http.py checks the list
-# against the apps' routes.
-KNOWN_ROUTES = frozenset(
-    {
-        "/",
-        "/segment",
-        "/segment/json",
-        "/predict/returns-json/",
-        "/predict-image/returns-zip/",
-        "/predict-video/returns-zip/",
-        "/upload",
-        "/health",
-        "/classes",
-        "/metadata",
-        "/stream",
-        "/healthz",
-        "/livez",
-        "/readyz",
-        "/metrics",
-        "/docs",
-        "/docs.json",
-        "/schema.json",
-    }
-)
-KNOWN_PREFIXES = ("/ui", "/static_content")
-UNKNOWN_ROUTE = "/{unknown}"
-MAX_PENDING_HEADER_BYTES = 64 * 1024  # the app answers 431 past 16 kB; this only caps memory
-DEFAULT_HEADER_TIMEOUT = 10.0
-_RAW_PATH_KEY = "roadseg.raw_path"
 MULTIPART_SPARE_PARTS = 16  # form fields beyond the images a request may carry
 HTTP_STATUSES = {s.value for s in HTTPStatus}
 PROBLEMS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-# Where the protocol finds the limits (set by install_http_guards): the service's live state.
-_limits_source: Callable[[], Any] = lambda: None  # noqa: E731
 
 
 class GuardMiddleware:
@@ -121,13 +87,25 @@ def _refusal(scope: dict, state: ServingState) -> tuple[int, str, str] | None:
         return 431, "headers_too_large", detail
     if state.api_key and not (path in OPEN_PATHS or path.startswith("/ui")):
         given, problem = _api_key(raw)
-        if given is None or not hmac.compare_digest(given.encode(), state.api_key.encode()):
+        # the header's own bytes (latin-1 is how they were decoded) against the key's UTF-8
+        if given is None or not hmac.compare_digest(
+            given.encode("latin-1"), state.api_key.encode("utf-8")
+        ):
             return 401, "unauthorized", problem or "missing or wrong X-API-Key header"
+    encoding = _header(raw, b"content-encoding").strip().lower()
+    if encoding not in (b"", b"identity"):
+        detail = "compressed request bodies are not accepted (send them without Content-Encoding)"
+        return 415, "unsupported_content_encoding", detail
     limit = state.limits.max_request_bytes
-    length = next((v.decode("latin-1") for k, v in raw if k.lower() == b"content-length"), None)
-    if length is not None and length.isdigit() and int(length) > limit:
+    length = _header(raw, b"content-length").decode("latin-1")
+    if length.isdigit() and int(length) > limit:
         return 413, "too_large", f"request body of {length} bytes exceeds the limit of {limit}"
     return None
+
+
+def _header(raw: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    """The first value of header `name` (lower case), or b""."""
+    return next((v for k, v in raw if k.lower() == name), b"")
 
 
 class PartCounter:
@@ -136,9 +114,13 @@ class PartCounter:
     500) walks them."""
 
     def __init__(self, scope: dict, limit: int) -> None:
-        ctype = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-type"), b"")
-        boundary = ctype.partition(b"boundary=")[2].split(b";")[0].strip().strip(b'"')
-        self.marker = b"--" + boundary if ctype.lower().startswith(b"multipart/") else b""
+        from python_multipart.multipart import parse_options_header
+
+        # The boundary as starlette's parser will read it (`BOUNDARY=`, quotes, a repeated
+        # parameter: the last wins), so a body cannot count under one and parse under another.
+        kind, params = parse_options_header(_header(scope.get("headers", []), b"content-type"))
+        boundary = params.get(b"boundary", b"") if kind.startswith(b"multipart/") else b""
+        self.marker = b"--" + boundary if boundary else b""
         self.limit, self.count, self.tail = limit, 0, b""
 
     def add(self, chunk: bytes) -> bool:
@@ -253,148 +235,11 @@ class Exchange:
             logger.info("%s: the client hung up; its work was cancelled", self.scope.get("path"))
         except HTTPException as e:
             await error_response(e)(self.scope, self._receive, self.send)
+        except ClientDisconnect:  # gone mid-body (or cut off below the app): nobody to answer
+            logger.info("%s: the client left before its body was read", self.scope.get("path"))
         except Exception:
             if not self.answered:
                 raise  # a real error: BentoML's handlers answer it
         finally:
             if self.watcher is not None:
                 self.watcher.cancel()
-
-
-def route_label(path: str) -> str:
-    """The metrics label of a request path: the route, a mount prefix, or UNKNOWN_ROUTE."""
-    if path in KNOWN_ROUTES:
-        return path
-    for prefix in KNOWN_PREFIXES:
-        if path == prefix or path.startswith(prefix + "/"):
-            return prefix
-    return UNKNOWN_ROUTE
-
-
-def raw_http_error(status: int, reason: str, problem: str, detail: str) -> bytes:
-    """A complete `Connection: close` HTTP/1.1 answer with a JSON body, for the protocol layer."""
-    body = json.dumps({"error": problem, "detail": detail, "status": status}).encode()
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-class HeaderGuard:
-    """Mixin for uvicorn's HTTP protocols: a request's headers must be complete within
-    `header_timeout_seconds` of the connection opening (or of the previous response), and at most
-    MAX_PENDING_HEADER_BYTES may wait for them; otherwise answer 408/431 and close."""
-
-    transport: Any
-    loop: Any
-    cycle: Any
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._pending_bytes = 0
-        self._header_timer = None
-        self._arm_header_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-        super().connection_lost(exc)
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._pending_bytes = 0
-        if not self.transport.is_closing():
-            self._arm_header_timer()  # the next request's headers get the same bound
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._awaiting_headers() and not self.transport.is_closing():
-            self._pending_bytes += len(data)
-            if self._pending_bytes > MAX_PENDING_HEADER_BYTES:
-                self._refuse(
-                    431,
-                    "Request Header Fields Too Large",
-                    "headers_too_large",
-                    f"more than {MAX_PENDING_HEADER_BYTES} bytes of headers",
-                )
-        else:
-            self._pending_bytes = 0
-
-    def _awaiting_headers(self) -> bool:
-        if self.transport.get_protocol() is not self:  # upgraded to a WebSocket: not ours now
-            return False
-        cycle = getattr(self, "cycle", None)
-        return cycle is None or cycle.response_complete
-
-    def _arm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-        limits = getattr(_limits_source(), "limits", None)
-        timeout = getattr(limits, "header_timeout_seconds", DEFAULT_HEADER_TIMEOUT)
-        self._header_timer = self.loop.call_later(timeout, self._header_timeout, timeout)
-
-    def _header_timeout(self, timeout: float) -> None:
-        self._header_timer = None
-        if self._awaiting_headers() and not self.transport.is_closing():
-            self._refuse(
-                408,
-                "Request Timeout",
-                "header_timeout",
-                f"request headers not complete within {timeout:g} s",
-            )
-
-    def _refuse(self, status: int, reason: str, problem: str, detail: str) -> None:
-        logger.info("closing a connection: %s", detail)
-        self.transport.write(raw_http_error(status, reason, problem, detail))
-        self.transport.close()
-
-
-def _guarded_protocol() -> type:
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    return type("GuardedHTTPProtocol", (HeaderGuard, AutoHTTPProtocol), {})
-
-
-def _route_labelled(base: type) -> type:
-    class RouteLabelledMetrics(base):
-        """BentoML's traffic metrics, labelled by route instead of the raw path."""
-
-        def __init__(self, app: Any, **kwargs: Any) -> None:
-            super().__init__(_restore_path(app), **kwargs)
-
-        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-            if scope["type"] in ("http", "websocket"):
-                label = route_label(scope.get("path", ""))
-                if label != scope.get("path"):
-                    scope = {**scope, "path": label, _RAW_PATH_KEY: scope.get("path", "")}
-            await super().__call__(scope, receive, send)
-
-    return RouteLabelledMetrics
-
-
-def _restore_path(app: Any) -> Any:
-    async def restore(scope: dict, receive: Any, send: Any) -> None:
-        raw = scope.get(_RAW_PATH_KEY)
-        if raw is not None:
-            scope = {k: v for k, v in scope.items() if k != _RAW_PATH_KEY}
-            scope["path"] = raw
-        await app(scope, receive, send)
-
-    return restore
-
-
-def install_http_guards(state_source: Callable[[], Any]) -> None:
-    """Register the guarded protocol as uvicorn's "auto" HTTP protocol and the route-labelled
-    metrics middleware in BentoML (idempotent; call before the app and the server are built)."""
-    global _limits_source
-    import uvicorn.config
-    from bentoml._internal.server.http import instruments
-
-    _limits_source = state_source
-    if not isinstance(uvicorn.config.HTTP_PROTOCOLS["auto"], type):
-        uvicorn.config.HTTP_PROTOCOLS["auto"] = _guarded_protocol()
-    for name in ("HTTPTrafficMetricsMiddleware", "RunnerTrafficMetricsMiddleware"):
-        base = getattr(instruments, name)
-        if base.__name__ != "RouteLabelledMetrics":
-            setattr(instruments, name, _route_labelled(base))

@@ -30,6 +30,21 @@ from tests.images import zip_bytes
 
 PNG = image_bytes(8, 8)[0]
 JSON_CT = {"content-type": "application/json"}
+MANY_PARTS = (
+    b'--ab\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nx\r\n' * 1500
+    + b"--ab--\r\n"
+)
+GZIP_BOMB = __import__("gzip").compress(b" " * 20_000_000)  # 20 kB that would inflate to 20 MB
+
+
+def _multipart(disposition: bytes | None, boundary: bytes = b"ab") -> dict:
+    """One hand-built part carrying the PNG, with this Content-Disposition (None: no header)."""
+    head = b"Content-Disposition: " + disposition + b"\r\n" if disposition is not None else b""
+    body = b"--" + boundary + b"\r\n" + head + b"\r\n" + PNG + b"\r\n--" + boundary + b"--\r\n"
+    ctype = b"multipart/form-data; boundary=" + boundary
+    return {"content": body, "headers": {"content-type": ctype.decode()}}
+
+
 # (label, method, path, request kwargs, expected status or None for "any 4xx")
 CASES = [
     (
@@ -148,6 +163,100 @@ CASES = [
         {"files": {"image": ("a.png", PNG)}},
         422,
     ),
+    # ---- round 2: typed routes' multipart (each was a 500 from BentoML's form parsing)
+    (
+        "multipart without boundary",
+        "post",
+        "/segment",
+        {"content": b"x", "headers": {"content-type": "multipart/form-data"}},
+        400,
+    ),
+    (
+        "BOUNDARY in capitals, 1500 parts",
+        "post",
+        "/segment",
+        {"content": MANY_PARTS, "headers": {"content-type": "multipart/form-data; BOUNDARY=ab"}},
+        413,
+    ),
+    (
+        "two boundary parameters, 1500 parts",
+        "post",
+        "/segment/json",
+        {
+            "content": MANY_PARTS,
+            "headers": {"content-type": "multipart/form-data; boundary=zz; boundary=ab"},
+        },
+        413,
+    ),
+    (
+        "2 MB format field",
+        "post",
+        "/segment",
+        {"files": {"image": ("a.png", PNG)}, "data": {"format": "x" * 2_000_000}},
+        400,
+    ),
+    ("part without a name", "post", "/segment", _multipart(b'form-data; filename="a.png"'), 400),
+    ("part without disposition", "post", "/segment/json", _multipart(None), 400),
+    (
+        "2 MB part header",
+        "post",
+        "/segment",
+        _multipart(b'form-data; name="image"; filename="a.png"\r\nX-A: ' + b"a" * 2_000_000),
+        400,
+    ),
+    (
+        "5000-byte boundary",
+        "post",
+        "/segment",
+        _multipart(b'form-data; name="image"', b"b" * 5000),
+        400,
+    ),
+    (
+        "10 kB file name",
+        "post",
+        "/segment",
+        {"files": {"image": ("a" * 10_000 + ".png", PNG)}},
+        400,
+    ),
+    ("image as a JSON body", "post", "/segment", {"json": {"image": "/etc/passwd"}}, 415),
+    ("two image parts", "post", "/segment", {"files": [("image", ("a.png", PNG))] * 2}, 400),
+    # ---- round 2: encodings, methods, paths
+    (
+        "gzip request body",
+        "post",
+        "/predict/returns-json/",
+        {"content": GZIP_BOMB, "headers": {**JSON_CT, "content-encoding": "gzip"}},
+        415,
+    ),
+    (
+        "gzip raw image",
+        "post",
+        "/segment",
+        {"content": PNG, "headers": {"content-type": "image/png", "content-encoding": "GZIP"}},
+        415,
+    ),
+    ("TRACE", "request:TRACE", "/segment", {}, 405),
+    ("OPTIONS", "options", "/predict-image/returns-zip/", {}, 405),
+    ("DELETE on /classes", "delete", "/classes", {}, 405),
+    ("PATCH on /upload", "patch", "/upload", {}, 405),
+    ("UI NUL byte", "get", "/ui/%00", {}, 404),
+    ("UI encoded traversal", "get", "/ui/%2e%2e/%2e%2e/bento/service.py", {}, 404),
+    ("UI encoded slashes", "get", "/ui/..%2f..%2fservice.py", {}, 404),
+    ("UI 300-char name", "get", "/ui/" + "a" * 300, {}, 404),
+    (
+        "key in the query string",
+        "get",
+        "/classes?api_key=k&X-API-Key=in-process-key",
+        {"headers": {"X-API-Key": ""}},
+        401,
+    ),
+    (
+        "Basic auth",
+        "get",
+        "/classes",
+        {"headers": {"X-API-Key": "", "Authorization": "Basic aW4tcHJvY2Vzcy1rZXk6"}},
+        401,
+    ),
 ]
 
 
@@ -156,8 +265,12 @@ CASES = [
 )
 def test_every_failure_is_a_json_4xx(served, label, method, path, kwargs, status):  # noqa: F811
     client, _, _, _ = served
-    headers = {**H, **kwargs.pop("headers", {})}
-    r = getattr(client, method)(path, headers=headers, **kwargs)
+    kwargs = dict(kwargs)
+    headers = {k: v for k, v in {**H, **kwargs.pop("headers", {})}.items() if v}
+    if method.startswith("request:"):
+        r = client.request(method.split(":", 1)[1], path, headers=headers, **kwargs)
+    else:
+        r = getattr(client, method)(path, headers=headers, **kwargs)
     assert 400 <= r.status_code < 500, (label, r.status_code, r.text[:300])
     if status is not None:
         assert r.status_code == status, (label, r.text[:300])
@@ -336,3 +449,96 @@ def test_client_hang_up_cancels_the_route_before_its_work():
     messages = [{"type": "http.request", "body": b"img"}, {"type": "http.disconnect"}]
     sent, seconds = _run_guard(slow_app, messages, Limits())
     assert done == [] and sent == [] and seconds < 2
+
+
+# ---------------------------------------------------------------- round 2
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        b"multipart/form-data; BOUNDARY=xyz",
+        b"Multipart/Form-Data; boundary=wrong; boundary=xyz",  # the last one wins, as in starlette
+        b'multipart/form-data; charset=utf-8; boundary="xyz"',
+    ],
+)
+def test_part_counter_reads_the_boundary_as_the_form_parser_does(ctype):
+    body = b"--xyz\r\na\r\n--xyz\r\nb\r\n--xyz\r\nc\r\n--xyz--"
+    counter = PartCounter({"headers": [(b"Content-Type", ctype)]}, 2)
+    assert counter.add(body) is True and counter.count == 4
+
+
+def test_a_non_ascii_api_key_matches_its_utf8_header_only():
+    from roadseg.api import ServingState
+
+    state = ServingState(api_key="clé-ü")
+    scope = lambda v: {"path": "/segment", "headers": [(b"x-api-key", v)]}  # noqa: E731
+    assert _refusal(scope("clé-ü".encode()), state) is None
+    for wrong in ("clé-ü".encode("latin-1"), b"cle-u", "clé-ü".encode() + b" ", b""):
+        assert _refusal(scope(wrong), state)[0] == 401
+
+
+def test_a_client_leaving_mid_body_is_not_an_error():
+    from starlette.requests import Request
+
+    read: list[bytes] = []
+
+    async def app(scope, receive, send) -> None:
+        read.append(await Request(scope, receive).body())  # raises ClientDisconnect
+
+    messages = [{"type": "http.request", "body": b"half", "more_body": True}]
+    messages.append({"type": "http.disconnect"})
+    sent, _ = _run_guard(app, messages, Limits())  # would raise ClientDisconnect before
+    assert sent == [] and read == []
+
+
+def test_image_field_holding_a_url_is_never_fetched(served):  # noqa: F811
+    """BentoML's typed routes download a multipart `image` field that is text, not a file, as a
+    URL (a server-side request to wherever the client says). Such a field is image bytes at
+    most, never fetched."""
+    import http.server
+    import threading
+
+    client, _, _, _ = served
+    hits: list[str] = []
+
+    class Record(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Record)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/internal.png"
+    try:
+        for path in ("/segment", "/segment/json"):
+            r = client.post(path, data={"image": url}, headers=H)
+            assert r.status_code == 415 and r.json()["error"] == "not_an_image", r.text
+    finally:
+        server.shutdown()
+    assert hits == []
+    assert client.post("/segment", files={"image": ("g.png", PNG)}, headers=H).status_code == 200
+
+
+def test_bentoml_pickle_bodies_are_never_unpickled(served, tmp_path):  # noqa: F811
+    import pickle
+
+    client, _, _, _ = served
+    marker = tmp_path / "unpickled"
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    body = pickle.dumps({"image": Boom()})
+    for path in ("/segment", "/segment/json"):
+        r = client.post(
+            path, content=body, headers={**H, "Content-Type": "application/vnd.bentoml+pickle"}
+        )
+        assert r.status_code == 415 and r.json()["status"] == 415, r.text
+    assert not marker.exists()
