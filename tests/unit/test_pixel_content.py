@@ -298,6 +298,7 @@ def test_png_is_lossless_and_written_at_zlib_level_1() -> None:
     'fastest' (level 1: the serving hot path trades bytes for CPU, see `encode_png`)."""
     import io
     import struct
+    import zlib
 
     from PIL import Image
 
@@ -320,6 +321,22 @@ def test_png_is_lossless_and_written_at_zlib_level_1() -> None:
             pos += 12 + struct.unpack(">I", data[pos : pos + 4])[0]
         cmf, flg = data[pos + 8], data[pos + 9]
         assert cmf & 0x0F == 8 and flg >> 6 == 0  # deflate, FLEVEL 0 = fastest
+        h, w = array.shape[:2]
+        channels = 1 if array.ndim == 2 else array.shape[2]
+        # IHDR: size, 8 bits, colour type, deflate, filter method 0, no interlace
+        ihdr = struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2, 4: 6}[channels], 0, 0, 0)
+        assert data[8:29] == struct.pack(">I", 13) + b"IHDR" + ihdr
+        assert data[29:33] == struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+        size = struct.unpack(">I", data[pos : pos + 4])[0]
+        rows = zlib.decompress(data[pos + 8 : pos + 8 + size])
+        assert len(rows) == h * (1 + w * channels)
+        assert set(rows[:: 1 + w * channels]) == {1 if photo else 0}  # Sub for photos, else None
+        assert data[pos + 12 + size :] == b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the end, whole
+    assert encode_png(arrays[0]) == encode_png(arrays[0], photo=False)  # masks: unfiltered
+    wide = rng.integers(0, 256, (5, 6, 3)).astype(np.int64)  # any integer array of 0-255 values
+    for photo in (False, True):
+        decoded = np.asarray(Image.open(io.BytesIO(encode_png(wide, photo=photo))))
+        assert np.array_equal(decoded, wide)
     for bad in (np.zeros((0, 4), np.uint8), np.zeros((4, 4, 2), np.uint8), np.zeros(4, np.uint8)):
         with pytest.raises(ValueError, match="encode_png needs"):
             encode_png(bad)
