@@ -139,13 +139,7 @@ async def _admit(websocket: WebSocket, state: ServingState, limits: Any, live: d
     fmt = websocket.query_params.get("format") or "mask"
     if fmt not in FORMATS:
         raise StreamClosed(POLICY, f"unknown format {fmt[:40]!a} (mask, color or overlay)")
-    if live["unauthenticated"] >= limits.max_connections:
-        raise StreamClosed(TRY_LATER, "too many connections waiting for their key, try later")
-    live["unauthenticated"] += 1
-    try:
-        await _authenticate(websocket, state, limits)
-    finally:
-        live["unauthenticated"] -= 1
+    await _authenticate(websocket, state, limits, live)
     if live["streams"] >= limits.max_connections:
         raise StreamClosed(TRY_LATER, "too many streams on this pod, try again later")
     live["streams"] += 1
@@ -167,7 +161,7 @@ async def _session(websocket: WebSocket, state: ServingState, limits: Any, fmt: 
         receiver.cancel()
 
 
-async def _authenticate(websocket: WebSocket, state: ServingState, limits: Any) -> None:
+async def _authenticate(websocket: WebSocket, state: ServingState, limits: Any, live: dict) -> None:
     """Check the API key when one is configured (compared in constant time, never logged). It
     comes once: as a subprotocol, a header, or a first text message; never from the URL."""
     if not state.api_key:
@@ -183,16 +177,27 @@ async def _authenticate(websocket: WebSocket, state: ServingState, limits: Any) 
     if len(keys) > 1:
         raise StreamClosed(POLICY, "send the API key once (one subprotocol or one header)")
     if not keys:  # browsers cannot set headers: the first message may carry the key
-        try:
-            message = await asyncio.wait_for(websocket.receive(), limits.auth_timeout_seconds)
-        except TimeoutError:
-            raise StreamClosed(POLICY, "no API key received") from None
-        if message["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(message.get("code", 1000))
-        keys.append(_key_message(message.get("text")))
+        keys.append(await _first_message_key(websocket, limits, live))
     given = keys[0].encode("utf-8", "surrogatepass")
     if not hmac.compare_digest(given, state.api_key.encode("utf-8", "surrogatepass")):
         raise StreamClosed(POLICY, "wrong API key")
+
+
+async def _first_message_key(websocket: WebSocket, limits: Any, live: dict) -> str:
+    """The key of a first `{"api_key": ...}` message, within `auth_timeout_seconds`. At most
+    `max_connections` connections wait for theirs, apart from the streams' own count."""
+    if live["unauthenticated"] >= limits.max_connections:
+        raise StreamClosed(TRY_LATER, "too many connections waiting for their key, try later")
+    live["unauthenticated"] += 1
+    try:
+        message = await asyncio.wait_for(websocket.receive(), limits.auth_timeout_seconds)
+    except TimeoutError:
+        raise StreamClosed(POLICY, "no API key received") from None
+    finally:
+        live["unauthenticated"] -= 1
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return _key_message(message.get("text"))
 
 
 def _key_message(text: str | None) -> str:

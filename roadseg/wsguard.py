@@ -30,7 +30,10 @@ its `uvicorn.Config`, exactly as `roadseg.httpguard` does for HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +47,7 @@ _max_size_source: Callable[[], int | None] = lambda: None  # noqa: E731
 
 
 def _guarded_protocol() -> type:
+    from uvicorn.protocols.utils import ClientDisconnected
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     from websockets.server import ServerProtocol
 
@@ -111,8 +115,18 @@ def _guarded_protocol() -> type:
             self.abort_later()
 
         def keepalive_timeout(self) -> None:
-            super().keepalive_timeout()
+            super().keepalive_timeout()  # sends 1011 but does not tell the app
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": 1011})
             self.abort_later()
+
+        async def send(self, message: Any) -> None:
+            """As uvicorn's, but a send once the connection is closing (keepalive timeout,
+            a refused frame) is a disconnect for the app, not a RuntimeError."""
+            await self.writable.wait()
+            closing = self.close_sent and self.handshake_complete and not self.initial_response
+            if closing and message["type"] in ("websocket.send", "websocket.close"):
+                raise ClientDisconnected()
+            await super().send(message)
 
         def on_task_complete(self, task: Any) -> None:
             super().on_task_complete(task)
@@ -126,6 +140,9 @@ def _guarded_protocol() -> type:
             self.abort_timer = None
             if not self.disconnected:
                 logger.info("aborting a WebSocket whose peer did not read its close")
+                sock = self.transport.get_extra_info("socket")
+                with contextlib.suppress(OSError, AttributeError):  # reset: drop unsent data too
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.transport.abort()
 
         def connection_lost(self, exc: Exception | None) -> None:

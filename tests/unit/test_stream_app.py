@@ -20,6 +20,7 @@ from tests.unit.test_service_app import image_bytes, png_array
 KEY = "stream-key"
 GOOD = ["roadseg", f"roadseg.key.{KEY}"]
 MAX_FRAME_BYTES = 60_000
+IDLE_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         "max_frame_pixels: 8300000": "max_frame_pixels: 10000",
         "max_fps: 30": "max_fps: 5",
         "max_connections: 16": "max_connections: 3",
+        "auth_timeout_seconds: 10": "auth_timeout_seconds: 2",
+        "idle_seconds: 60": f"idle_seconds: {IDLE_SECONDS}",
     }
     with in_process_service(tmp, edits, KEY) as (client, model, spec):
         yield client, model, spec, tmp
