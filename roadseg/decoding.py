@@ -347,4 +347,4 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         q = grey // 257
         q += (grey - q * 257) >= 129  # round half up; v / 257 is never exactly k + 0.5
         return np.repeat(q.astype(np.uint8)[:, :, None], 3, axis=2)
-    return np.asarray(img.convert("RGB"))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert copies even RGB
