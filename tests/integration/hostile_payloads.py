@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from tests.images import encode, noise_png, png_chunk
+from tests.images import encode, noise_png, png_chunk, zip_bytes
 
 
 def flat_png(h: int, w: int, seed: int = 0) -> bytes:
@@ -82,6 +82,63 @@ def json_body(raw: bytes) -> dict:
 
 def one(field: str, name: str, data: bytes) -> dict:
     return {"files": {field: (name, data)}}
+
+
+def exif_flood_jpeg(segments: int = 400) -> bytes:
+    """A small JPEG behind `segments` Exif APP1 segments (PIL joins them pairwise: quadratic)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, format="JPEG")
+    app1 = b"\xff\xe1" + struct.pack(">H", 16_000) + b"Exif\x00\x00" + b"\0" * 15_992
+    return buf.getvalue()[:2] + app1 * segments + buf.getvalue()[2:]
+
+
+def animated_gif(frames: int = 300) -> bytes:
+    buf = io.BytesIO()
+    first, *rest = [Image.new("P", (64, 64), i % 256) for i in range(frames)]
+    first.save(buf, format="GIF", save_all=True, append_images=rest)
+    return buf.getvalue()
+
+
+def multipage_tiff(pages: int = 50) -> bytes:
+    buf = io.BytesIO()
+    first, *rest = [Image.new("RGB", (64, 64), (i, 0, 0)) for i in range(pages)]
+    first.save(buf, format="TIFF", save_all=True, append_images=rest, compression="tiff_deflate")
+    return buf.getvalue()
+
+
+def twelve_bit_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    sof = data.index(b"\xff\xc0")
+    return data[: sof + 4] + b"\x0c" + data[sof + 5 :]  # sample precision 12
+
+
+def broken_exif_png() -> bytes:
+    """A valid PNG whose eXIf block is not even a TIFF header (was refused with 400)."""
+    p = png(20, 30)
+    end = p.rindex(b"IEND") - 4
+    return p[:end] + png_chunk(b"eXIf", b"MM\x00t" + b"\0" * 28) + p[end:]
+
+
+def zip64_ended(n: int) -> bytes:
+    """A ZIP of `n` tiny PNGs whose counts live in a ZIP64 end record (the classic one: 0xFFFF)."""
+    plain = zip_bytes({f"{i}.png": png(4, 4, seed=i) for i in range(n)})
+    end = plain.rindex(b"PK\x05\x06")
+    count, size, offset = struct.unpack_from("<HII", plain, end + 10)
+    record = struct.pack(
+        "<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, size, offset
+    )
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, end, 1)
+    eocd = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 2**32 - 1, 2**32 - 1, 0)
+    return plain[:end] + record + locator + eocd
+
+
+def raw_multipart(ctype: str, body: bytes) -> dict:
+    return {"content": body, "headers": {"Content-Type": ctype}}
+
+
+PART = b'--ab\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nx\r\n'
 
 
 B64 = lambda data: base64.b64encode(data)  # noqa: E731
@@ -155,4 +212,57 @@ BATTERY = [
         415,
     ),
     ("too wide for a JPEG answer", "/upload", lambda: one("file", "w.png", png(1, 66000)), 413),
+    # ---- round 2
+    ("Exif segment flood", "/segment", lambda: one("image", "e.jpg", exif_flood_jpeg()), 413),
+    ("animated GIF", "/segment", lambda: one("image", "a.gif", animated_gif()), 415),
+    ("multi-page TIFF", "/upload", lambda: one("file", "t.tif", multipage_tiff()), 415),
+    ("12-bit JPEG", "/segment/json", lambda: one("image", "t.jpg", twelve_bit_jpeg()), 415),
+    (
+        "GIF inside a ZIP",
+        "/predict-image/returns-zip/",
+        lambda: one("files", "z.zip", zip_bytes({"a.png": animated_gif(5)})),
+        415,
+    ),
+    (
+        "image field is a URL",
+        "/segment",
+        lambda: {"data": {"image": "http://169.254.169.254/latest/meta-data/"}},
+        415,
+    ),
+    (
+        "multipart without boundary",
+        "/segment/json",
+        lambda: raw_multipart("multipart/form-data", b"--x\r\n"),
+        400,
+    ),
+    (
+        "BOUNDARY in capitals, 2000 parts",
+        "/predict-image/returns-zip/",
+        lambda: raw_multipart("multipart/form-data; BOUNDARY=ab", PART * 2000 + b"--ab--\r\n"),
+        413,
+    ),
+    (
+        "gzip body",
+        "/predict/returns-json/",
+        lambda: {
+            "content": __import__("gzip").compress(b" " * 5_000_000),
+            "headers": {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        },
+        415,
+    ),
+    (
+        "BentoML pickle body",
+        "/segment",
+        lambda: {
+            "content": b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94.",
+            "headers": {"Content-Type": "application/vnd.bentoml+pickle"},
+        },
+        415,
+    ),
+    (
+        "ZIP64 end record over the entry budget",
+        "/predict-image/returns-zip/",
+        lambda: one("files", "z.zip", zip64_ended(300)),
+        413,
+    ),
 ]

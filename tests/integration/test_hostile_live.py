@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import select
 import socket
 import time
@@ -258,6 +259,109 @@ def test_random_paths_do_not_grow_metric_labels(live) -> None:
     after = endpoints()
     assert len(after) <= len(before) + 1, sorted(after - before)[:10]
     assert not any(e.startswith("/r1") for e in after)
+    still_serving(client)
+
+
+# ---------------------------------------------------------------- round 2: below the app
+
+PARSER_REJECTS = {
+    "Content-Length and Transfer-Encoding": b"POST /segment HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "bad chunk size": b"POST /segment HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\nabc\r\n0\r\n\r\n",
+    "NUL in a header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "space in a header name": b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+    "two Content-Lengths": b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+    b"Content-Length: 6\r\n\r\nhello!",
+    "80 kB URL": b"GET /healthz?" + b"a=1&" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", PARSER_REJECTS.values(), ids=list(PARSER_REJECTS))
+def test_requests_the_http_parser_rejects_get_json_400(live, request_bytes) -> None:
+    """uvicorn answers these itself, below the app, as text/plain; the guarded protocol as JSON."""
+    client, port, _, _ = live
+    s = raw(port)
+    s.sendall(request_bytes)
+    got, _ = read_until_closed(s, 10)
+    s.close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head, got[:300]
+    assert json.loads(body) == {
+        "error": "bad_http_request",
+        "detail": json.loads(body)["detail"],
+        "status": 400,
+    }
+    still_serving(client)
+
+
+def test_idle_keep_alive_connection_closes_without_a_stray_408(live) -> None:
+    """After a response, a silent keep-alive connection is closed without a word: an unasked
+    408 there races with the client's next request on the pooled connection."""
+    client, port, _, _ = live
+    s = raw(port)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    got, seconds = read_until_closed(s, HEADER_TIMEOUT + 8)
+    s.close()
+    assert got.startswith(b"HTTP/1.1 200") and got.count(b"HTTP/1.1") == 1, got[:400]
+    assert b"header_timeout" not in got and seconds < HEADER_TIMEOUT + 6
+    still_serving(client)
+
+
+def test_pipelined_requests_are_answered_in_order(live) -> None:
+    client, port, _, _ = live
+    s = raw(port)
+    s.sendall(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        + f"GET /classes HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n\r\n".encode()
+        + b"GET /classes HTTP/1.1\r\nHost: x\r\n\r\n"  # no key
+    )
+    got, _ = read_until_closed(s, HEADER_TIMEOUT + 8)
+    s.close()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", got)  # bodies run into the next status line
+    assert statuses == [b"200", b"200", b"401"], got[:600]
+    assert b'"road"' in got
+    still_serving(client)
+
+
+def test_many_idle_connections_do_not_block_a_good_request(live) -> None:
+    client, port, _, _ = live
+    idle = [raw(port) for _ in range(150)]
+    try:
+        still_serving(client)
+        time.sleep(HEADER_TIMEOUT + 1.5)
+        closed = 0
+        for s in idle:
+            got, _ = read_until_closed(s, 2)
+            closed += got.startswith(b"HTTP/1.1 408")
+        assert closed == len(idle)
+    finally:
+        for s in idle:
+            s.close()
+    still_serving(client)
+
+
+def test_a_body_of_tiny_chunks_is_cut_off(live) -> None:
+    """A million 1-byte chunks is a 6 MB upload costing the parser a million callbacks; the
+    connection is refused (413) once a body passes 100k chunks, before the route sees it."""
+    client, port, _, _ = live
+    s = raw(port)
+    s.sendall(
+        f"POST /predict/returns-json/ HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n".encode()
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    got = b""
+    try:
+        for _ in range(100):
+            s.sendall(b"1\r\n \r\n" * 10_000)
+        s.sendall(b"0\r\n\r\n")
+        got, _ = read_until_closed(s, 10)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # cut off while sending: the server did not read the rest
+    s.close()
+    assert b"bad_json" not in got, got[:300]  # the route never parsed the million chunks
+    assert got == b"" or (got.startswith(b"HTTP/1.1 413") and b"too_many_chunks" in got), got[:300]
     still_serving(client)
 
 
