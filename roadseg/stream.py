@@ -155,10 +155,18 @@ async def _session(websocket: WebSocket, state: ServingState, limits: Any, fmt: 
     frame_limits = dataclasses.replace(
         state.limits, max_image_pixels=min(state.limits.max_image_pixels, limits.max_frame_pixels)
     )
+    process = asyncio.create_task(
+        _process(websocket, state, mailbox, fmt, limits.max_fps, frame_limits)
+    )
     try:
-        await _process(websocket, state, mailbox, fmt, limits.max_fps, frame_limits)
+        await asyncio.wait((receiver, process), return_when=asyncio.FIRST_COMPLETED)
+        if not process.done() and mailbox.closed is not None and mailbox.closed.code == 0:
+            process.cancel()  # the client left: drop its frames in flight (and queued images)
+            raise WebSocketDisconnect(1001)
+        await process
     finally:
         receiver.cancel()
+        process.cancel()
 
 
 async def _authenticate(websocket: WebSocket, state: ServingState, limits: Any, live: dict) -> None:

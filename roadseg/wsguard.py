@@ -108,11 +108,30 @@ def _guarded_protocol() -> type:
                 return
             logger.info("closing a WebSocket (%d): %s", code, reason)
             self.conn.fail(code, reason)
+            self.handle_parser_exception()
+
+        def handle_parser_exception(self) -> None:
+            """As uvicorn's (tell the app, send the close frame), but half-close and keep
+            reading (`websockets` discards it) until the client closes or ABORT_AFTER: closing
+            at once while the client still sends resets the connection, and the client never
+            reads its close code (1009 for an oversize frame)."""
+            if self.close_sent:  # called again on every read once the parser failed
+                self.conn.data_to_send()
+                return
+            sent = self.conn.close_sent
+            code, reason = (sent.code, sent.reason) if sent is not None else (1006, "")
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.close_sent = True
-            self.transport.close()
-            self.abort_later()
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self.transport.close()
+            if self.close_timer is None:  # uvicorn closes at once when the app ends unless set
+                self.close_timer = self.loop.call_later(ABORT_AFTER, self.abort)
 
         def keepalive_timeout(self) -> None:
             super().keepalive_timeout()  # sends 1011 but does not tell the app
