@@ -182,6 +182,7 @@ class ServeParams(_Frozen):
     header_timeout_seconds: float = Field(10, gt=0)  # connection open -> headers complete
     body_timeout_seconds: float = Field(15, gt=0)  # longest wait for the next body chunk
     max_body_seconds: float = Field(120, gt=0)  # whole body, however it trickles
+    send_timeout_seconds: float = Field(30, gt=0)  # a response the client stops reading
     batch_size: int = Field(8, ge=1)
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
 

@@ -70,6 +70,7 @@ class Limits:
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 15.0
     max_body_seconds: float = 120.0
+    send_timeout_seconds: float = 30.0
 
     @classmethod
     def from_params(cls, serve: Any) -> Limits:

@@ -58,6 +58,8 @@ MAX_PENDING_HEADER_BYTES = 64 * 1024  # the app answers 431 past 16 kB; this onl
 # Body pieces per request: each chunk of a chunked body costs a parser callback (~0.5 us), so
 # 1-byte chunks made a 50 MB body ~50 M callbacks (~30 s of CPU). Honest clients send 4-64 kB.
 MAX_BODY_CHUNKS = 100_000
+DEFAULT_SEND_TIMEOUT = 30.0
+SEND_TICK = 0.5  # how often a stalled answer is checked
 DEFAULT_HEADER_TIMEOUT = 10.0
 _RAW_PATH_KEY = "roadseg.raw_path"
 # Where the protocol finds the limits (set by install_http_guards): the service's live state.
@@ -103,6 +105,8 @@ class HeaderGuard:
     def connection_lost(self, exc: Exception | None) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
+        if getattr(self, "_send_timer", None) is not None:
+            self._send_timer.cancel()
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
@@ -168,6 +172,35 @@ class HeaderGuard:
                 "header_timeout",
                 f"request headers not complete within {timeout:g} s",
             )
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark: watch that the client drains it."""
+        super().pause_writing()
+        self._watch_send(self.transport.get_write_buffer_size(), 0.0)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if getattr(self, "_send_timer", None) is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _watch_send(self, last: int, stalled: float) -> None:
+        """Abort a connection whose client has read nothing of the answer for
+        `send_timeout_seconds`: uvicorn has no send timeout, so a client that stops reading held
+        the connection, and the answer's bytes in the write buffer, for ever. A slow reader
+        that makes progress is never cut off."""
+        self._send_timer = None
+        size = self.transport.get_write_buffer_size()
+        if size == 0:  # a closing transport still holds its unsent bytes: keep watching
+            return
+        stalled = stalled + SEND_TICK if size >= last else 0.0
+        limits = getattr(_limits_source(), "limits", None)
+        timeout = getattr(limits, "send_timeout_seconds", DEFAULT_SEND_TIMEOUT)
+        if stalled >= timeout:
+            logger.info("aborting a connection: %d bytes unread for %g s", size, stalled)
+            self.transport.abort()
+            return
+        self._send_timer = self.loop.call_later(SEND_TICK, self._watch_send, size, stalled)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes its HTTP parser rejects (a bad request line or header,

@@ -7,6 +7,7 @@ RSS_BOUND_MB of resident memory.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 KEY = "hostile-live-key"
 H = {"X-API-Key": KEY}
 RSS_BOUND_MB = 300
-HEADER_TIMEOUT, BODY_TIMEOUT, MAX_BODY_SECONDS = 2, 2, 6
+HEADER_TIMEOUT, BODY_TIMEOUT, MAX_BODY_SECONDS, SEND_TIMEOUT = 2, 2, 6, 3
 
 
 def tree_rss_mb(port: int) -> float:
@@ -61,6 +62,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
             "header_timeout_seconds: 10": f"header_timeout_seconds: {HEADER_TIMEOUT}",
             "body_timeout_seconds: 15": f"body_timeout_seconds: {BODY_TIMEOUT}",
             "max_body_seconds: 120": f"max_body_seconds: {MAX_BODY_SECONDS}",
+            "send_timeout_seconds: 30": f"send_timeout_seconds: {SEND_TIMEOUT}",
         },
     )
     env = {
@@ -362,6 +364,29 @@ def test_a_body_of_tiny_chunks_is_cut_off(live) -> None:
     s.close()
     assert b"bad_json" not in got, got[:300]  # the route never parsed the million chunks
     assert got == b"" or (got.startswith(b"HTTP/1.1 413") and b"too_many_chunks" in got), got[:300]
+    still_serving(client)
+
+
+def test_a_client_that_never_reads_its_answer_is_cut_off(live) -> None:
+    """uvicorn has no send timeout: a client that stops reading held its connection, and the
+    unsent answer, for ever. Now the connection is aborted once nothing was read for
+    `send_timeout_seconds`."""
+    client, port, _, _ = live
+    doc = json.dumps({"image_names": ["n"], "images": [base64.b64encode(png(1250, 1500)).decode()]})
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the answer waits
+    s.connect(("127.0.0.1", port))
+    s.sendall(
+        f"POST /predict/returns-json/ HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(doc)}\r\n\r\n{doc}".encode()
+    )
+    time.sleep(SEND_TIMEOUT + HEADER_TIMEOUT + 8)  # inference, then the stall
+    got, _ = read_until_closed(s, 10)
+    s.close()
+    head = got.partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 200"), got[:200]
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+    assert len(got) - len(head) - 4 < length  # aborted: the rest of the answer never came
     still_serving(client)
 
 
