@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ import torch
 
 from roadseg.serving import ModelSpec, Prediction, forward, postprocess, predict, prepare
 
+logger = logging.getLogger(__name__)
 # (batch_size, seconds) after each forward pass, for metrics.
 Observer = Callable[[int, float], None]
 # (images, predictions) of one request, once its predictions are made.
@@ -91,7 +93,7 @@ class InferenceEngine:
     ) -> list[Prediction]:
         """Queue the images and wait for their predictions (same order). `then(images, preds)`
         runs in the same worker thread once the predictions are made (monitoring), so it costs
-        the event loop nothing; it must not raise."""
+        the event loop nothing; if it raises, that is logged and the request still succeeds."""
         if not images:
             return []
         inputs = await asyncio.to_thread(self._prepare, images)
@@ -109,7 +111,10 @@ class InferenceEngine:
             for im, lg in zip(images, logits, strict=True)
         ]
         if then is not None:
-            then(images, preds)
+            try:
+                then(images, preds)
+            except Exception:  # monitoring must never fail a request
+                logger.exception("after-prediction hook failed")
         return preds
 
     async def _queue(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -187,3 +187,17 @@ def test_the_inference_thread_runs_only_the_network(monkeypatch):
     expected = predict(Probe(), images, SPEC)
     assert [p.mask.tolist() for p in preds] == [p.mask.tolist() for p in expected]
     assert [p.mask.tolist() for p in preds][2] == [[1] * 2] * 7  # red above the mean: class 1
+
+
+def test_a_failing_after_hook_does_not_fail_the_request(caplog):
+    engine = InferenceEngine(Probe(), SPEC, {}, max_batch_size=4)
+
+    def broken(images, preds):
+        raise RuntimeError("monitoring broke")
+
+    async def run():
+        return await engine.predict([image(MARKED)], then=broken)
+
+    (pred,) = asyncio.run(run())
+    assert pred.mask.tolist() == [[1] * 5] * 3
+    assert "after-prediction hook failed" in caplog.text
