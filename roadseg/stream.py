@@ -9,15 +9,17 @@ decoded gets a text `{"frame", "error", "detail"}` and the connection stays usab
 Backpressure: a receiver task reads frames as they come and keeps only the newest waiting one
 (a one-slot mailbox); the frames it overwrites are reported in the next answer's `dropped`. The
 processor infers through `ServingState.infer`, the service's one batching queue, so frames of many
-connections share batches with every other route (and feed the monitoring log). Two frames are
-in flight per connection: while frame N is rendered (thread pool) and sent, the newest waiting
-frame is already decoded and inferred; answers keep the order frames were taken in.
+connections share batches with every other route (and feed the monitoring log). Three frames are
+in flight per connection: while frame N is rendered (thread pool) and sent, frame N+1 is inferred
+and the newest waiting frame is decoded, so the model never waits for this stream's JPEG decoding;
+one inference at a time per connection; answers keep the order frames were taken in.
 
 Close codes: 1008 policy (missing/wrong API key, connection time limit, text where frames are
 expected after the handshake), 1009 frame over `stream.max_frame_bytes`, 1003 unsupported data,
 1013 too many connections on this pod. The API key comes as the subprotocol `roadseg.key.<key>`
 (offer `roadseg` too: it is the one the server selects, so the key is never echoed), as a first
-text message `{"api_key": ...}`, or as the HTTP headers of the other routes; never in the URL.
+text message `{"api_key": ...}`, or as the HTTP headers of the other routes; never in the URL
+(roadseg/stream_auth.py). Below the app, roadseg/wsguard.py hardens uvicorn's WebSocket protocol.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import os
@@ -38,25 +39,17 @@ from fastapi import FastAPI, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from roadseg.api import ServingState, _api_key
+from roadseg.api import ServingState
 from roadseg.inputs import InputError, Limits, decode_image
+from roadseg.stream_auth import POLICY, TRY_LATER, StreamClosed, _authenticate
 
 logger = logging.getLogger(__name__)
 SUBPROTOCOL = "roadseg"
-KEY_PREFIX = "roadseg.key."
 FORMATS = ("mask", "color", "overlay")
-POLICY, TOO_BIG, UNSUPPORTED, INTERNAL, TRY_LATER = 1008, 1009, 1003, 1011, 1013
-MAX_KEY_MESSAGE = 4096  # bytes of a first {"api_key": ...} message
+TOO_BIG, UNSUPPORTED, INTERNAL = 1009, 1003, 1011
+IN_FLIGHT = 3  # frames per stream: one answered, one inferred, one decoded
 CLOSE_WAIT = 5.0  # seconds a close frame may wait for a client that reads nothing
 _LIMITS: dict[str, Any] = {}  # params.stream per params file (ROADSEG_PARAMS)
-
-
-class StreamClosed(Exception):
-    """End the session with a WebSocket close code and a reason (never holding the key)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
 
 
 @dataclass
@@ -169,60 +162,6 @@ async def _session(websocket: WebSocket, state: ServingState, limits: Any, fmt: 
         process.cancel()
 
 
-async def _authenticate(websocket: WebSocket, state: ServingState, limits: Any, live: dict) -> None:
-    """Check the API key when one is configured (compared in constant time, never logged). It
-    comes once: as a subprotocol, a header, or a first text message; never from the URL."""
-    if not state.api_key:
-        return
-    offered = websocket.scope.get("subprotocols") or []
-    keys = [p[len(KEY_PREFIX) :] for p in offered if p.startswith(KEY_PREFIX)]
-    headers = websocket.scope.get("headers", [])
-    header_key, problem = _api_key(headers)
-    if header_key is not None:
-        keys.append(header_key)
-    elif any(k.lower() in (b"x-api-key", b"authorization") for k, _ in headers):
-        raise StreamClosed(POLICY, problem or "bad API key header")
-    if len(keys) > 1:
-        raise StreamClosed(POLICY, "send the API key once (one subprotocol or one header)")
-    if not keys:  # browsers cannot set headers: the first message may carry the key
-        keys.append(await _first_message_key(websocket, limits, live))
-    given = keys[0].encode("utf-8", "surrogatepass")
-    if not hmac.compare_digest(given, state.api_key.encode("utf-8", "surrogatepass")):
-        raise StreamClosed(POLICY, "wrong API key")
-
-
-async def _first_message_key(websocket: WebSocket, limits: Any, live: dict) -> str:
-    """The key of a first `{"api_key": ...}` message, within `auth_timeout_seconds`. At most
-    `max_connections` connections wait for theirs, apart from the streams' own count."""
-    if live["unauthenticated"] >= limits.max_connections:
-        raise StreamClosed(TRY_LATER, "too many connections waiting for their key, try later")
-    live["unauthenticated"] += 1
-    try:
-        message = await asyncio.wait_for(websocket.receive(), limits.auth_timeout_seconds)
-    except TimeoutError:
-        raise StreamClosed(POLICY, "no API key received") from None
-    finally:
-        live["unauthenticated"] -= 1
-    if message["type"] == "websocket.disconnect":
-        raise WebSocketDisconnect(message.get("code", 1000))
-    return _key_message(message.get("text"))
-
-
-def _key_message(text: str | None) -> str:
-    if text is None:
-        raise StreamClosed(POLICY, "missing API key (subprotocol or first text message)")
-    key = None
-    if len(text) <= MAX_KEY_MESSAGE:
-        try:
-            body = json.loads(text)
-        except (ValueError, RecursionError):  # bad JSON, 100k-deep nesting, 5000-digit numbers
-            body = None
-        key = body.get("api_key") if isinstance(body, dict) else None
-    if not isinstance(key, str):
-        raise StreamClosed(POLICY, 'first message must be {"api_key": "..."}')
-    return key
-
-
 async def _receive(websocket: WebSocket, mailbox: Mailbox, limits: Any) -> None:
     """Read frames into the mailbox until the client leaves, breaks the protocol or sends
     nothing for `idle_seconds`."""
@@ -275,31 +214,93 @@ class Pacer:
             await asyncio.sleep(wait)
 
 
-async def _prepare(
-    state: ServingState, mailbox: Mailbox, pacer: Pacer, frame_limits: Limits
-) -> Prepared:
-    """Take the newest frame, decode it (thread pool) and infer it (the batching queue)."""
+@dataclass
+class Stage:
+    """One frame's progress, for the frame after it: `taken` (the next task may start),
+    `inferring` (the model has it: the next frame is taken just in time, see `_take`)."""
+
+    taken: asyncio.Event = field(default_factory=asyncio.Event)
+    inferring: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+
+@dataclass
+class Timing:
+    """Moving averages (seconds) of one stream's decode and inference times."""
+
+    decode: float = 0.0
+    infer: float = 0.0
+
+    def add(self, name: str, seconds: float) -> None:
+        old = getattr(self, name)
+        setattr(self, name, seconds if old == 0.0 else 0.8 * old + 0.2 * seconds)
+
+
+async def _take(mailbox: Mailbox, pacer: Pacer, previous: Stage | None, timing: Timing) -> Any:
+    """The newest frame, taken just in time: once the previous frame is with the model, about
+    one decode before its inference ends (a fresher frame than taking it at once, and the
+    model still does not wait for the decoder)."""
     await pacer.wait()
+    if previous is not None and previous.task is not None:
+        await previous.inferring.wait()
+        lead = timing.infer - 1.5 * timing.decode - 0.002
+        if lead > 0:
+            await asyncio.wait([previous.task], timeout=lead)
     try:
-        (index, data, received), dropped = await mailbox.take()
+        taken = await mailbox.take()
     except StreamClosed as e:
         if e.code == 0:  # the client went away: nothing left to send
             raise WebSocketDisconnect(1000) from None
         raise
     pacer.last = time.perf_counter()
+    return taken
+
+
+async def _prepare(
+    state: ServingState,
+    mailbox: Mailbox,
+    pacer: Pacer,
+    frame_limits: Limits,
+    previous: Stage | None,
+    stage: Stage,
+    timing: Timing,
+) -> Prepared:
+    """Take a frame and decode it (thread pool); then, once the previous frame's inference is
+    done (one at a time per stream, in order), infer it (the batching queue)."""
     try:
-        image = await run_in_threadpool(decode_image, data, frame_limits, name=f"frame {index}")
-        (pred,) = await state.infer([image])
-    except InputError as e:
-        return Prepared(index, dropped, received, error=e)
-    except Exception as e:  # this frame broke decoding or the model: it alone fails
-        return Prepared(index, dropped, received, error=_frame_failed(index, e))
-    return Prepared(index, dropped, received, image, pred)
+        try:
+            (index, data, received), dropped = await _take(mailbox, pacer, previous, timing)
+        finally:
+            stage.taken.set()  # the next frame's task may start (it waits for `inferring`)
+        start = time.perf_counter()
+        try:
+            image = await run_in_threadpool(decode_image, data, frame_limits, name=f"frame {index}")
+        except InputError as e:
+            return Prepared(index, dropped, received, error=e)
+        except Exception as e:  # this frame broke the decoder: it alone fails
+            return Prepared(index, dropped, received, error=_frame_failed(index, e))
+        timing.add("decode", time.perf_counter() - start)
+        if previous is not None and previous.task is not None:
+            await asyncio.wait([previous.task])
+        stage.inferring.set()
+        start = time.perf_counter()
+        try:
+            (pred,) = await state.infer([image])
+        except Exception as e:  # this frame broke the model: it alone fails
+            return Prepared(index, dropped, received, error=_frame_failed(index, e))
+        timing.add("infer", time.perf_counter() - start)
+        return Prepared(index, dropped, received, image, pred)
+    finally:
+        stage.inferring.set()
 
 
 def _frame_failed(index: int, e: Exception) -> InputError:
     logger.warning("frame %d not served: %s: %s", index, type(e).__name__, str(e)[:200])
     return InputError(f"frame {index} could not be served", 422, "frame_failed")
+
+
+def _ended(task: asyncio.Task | None) -> bool:
+    return task is not None and task.done() and (task.cancelled() or task.exception() is not None)
 
 
 async def _process(
@@ -310,18 +311,50 @@ async def _process(
     max_fps: float,
     frame_limits: Limits,
 ) -> None:
-    """Answer the newest frame, in order, at most `max_fps` frames per second, two in flight:
-    while frame N is rendered (thread pool) and sent, frame N+1 is decoded and inferred."""
+    """Answer the newest frame, in order, at most `max_fps` frames per second, IN_FLIGHT
+    frames at a time: while frame N is rendered (thread pool) and sent, frame N+1 is inferred
+    and frame N+2 decoded, so the inference queue never waits for this stream's decoding."""
     pacer = Pacer(1.0 / max_fps)
-    pending = asyncio.create_task(_prepare(state, mailbox, pacer, frame_limits))
+    slots = asyncio.Semaphore(IN_FLIGHT)
+    frames: asyncio.Queue[asyncio.Task] = asyncio.Queue()
+    producer = asyncio.create_task(
+        _produce(state, mailbox, pacer, frame_limits, slots, frames.put_nowait)
+    )
     try:
         while True:
-            frame = await pending  # re-raises the end of the stream once all before it are sent
-            pending = asyncio.create_task(_prepare(state, mailbox, pacer, frame_limits))
+            task = await frames.get()
+            frame = await task  # re-raises the end of the stream once all before it are sent
             await _answer(websocket, state, fmt, frame)
+            slots.release()
     finally:
-        pending.cancel()  # an error it ends with is not reported: the session ends either way
-        pending.add_done_callback(lambda t: t.cancelled() or t.exception())
+        producer.cancel()
+        while not frames.empty():  # errors they end with are not reported: the session ends
+            left = frames.get_nowait()
+            left.cancel()
+            left.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+async def _produce(
+    state: ServingState,
+    mailbox: Mailbox,
+    pacer: Pacer,
+    frame_limits: Limits,
+    slots: asyncio.Semaphore,
+    put: Callable[[asyncio.Task], None],
+) -> None:
+    """Start one frame's task each time a slot is free and the previous frame is taken;
+    stop after the task that ends the stream (it raises: the answer loop re-raises it)."""
+    previous: Stage | None = None
+    timing = Timing()
+    while previous is None or not _ended(previous.task):
+        await slots.acquire()
+        stage = Stage()
+        stage.task = asyncio.create_task(
+            _prepare(state, mailbox, pacer, frame_limits, previous, stage, timing)
+        )
+        put(stage.task)
+        previous = stage
+        await stage.taken.wait()
 
 
 async def _answer(websocket: WebSocket, state: ServingState, fmt: str, frame: Prepared) -> None:
