@@ -183,6 +183,9 @@ class ServeParams(_Frozen):
     body_timeout_seconds: float = Field(15, gt=0)  # longest wait for the next body chunk
     max_body_seconds: float = Field(120, gt=0)  # whole body, however it trickles
     send_timeout_seconds: float = Field(30, gt=0)  # a response the client stops reading
+    # Request bodies being served at once, per worker: a 50 MiB JSON body costs ~5x its size while
+    # served, so many at once would reach gigabytes; beyond it new requests get 429 + Retry-After.
+    max_inflight_bytes: int = Field(128 * 2**20, ge=1)
     batch_size: int = Field(8, ge=1)
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
 

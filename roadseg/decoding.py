@@ -71,6 +71,7 @@ class Limits:
     body_timeout_seconds: float = 15.0
     max_body_seconds: float = 120.0
     send_timeout_seconds: float = 30.0
+    max_inflight_bytes: int = 128 * 2**20
 
     @classmethod
     def from_params(cls, serve: Any) -> Limits:

@@ -60,6 +60,7 @@ class GuardMiddleware:
     def __init__(self, app: Any, state: StateSource) -> None:
         self.app = app
         self.state = state
+        self.inflight = 0  # body bytes of the requests being served (declared, or the limit)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -68,10 +69,30 @@ class GuardMiddleware:
         state = _resolve(self.state) or ServingState()
         exchange = Exchange(scope, receive, send, state.limits, state.version.encode())
         refusal = _refusal(scope, state)
+        weight = _body_weight(scope, state.limits)
+        budget = state.limits.max_inflight_bytes
+        if refusal is None and self.inflight and self.inflight + weight > budget:
+            # Memory across requests: each is bounded alone, many big ones at once are not.
+            detail = f"the service is busy with {self.inflight} bytes of requests; retry shortly"
+            refusal = 429, "busy", detail
         if refusal is not None:
             await exchange.answer(*refusal)
             return
-        await exchange.run(self.app)
+        self.inflight += weight
+        try:
+            await exchange.run(self.app)
+        finally:
+            self.inflight -= weight
+
+
+def _body_weight(scope: dict, limits: Any) -> int:
+    """What a request's body may hold: its Content-Length, else (chunked) the body limit."""
+    raw = scope.get("headers", [])
+    length = _header(raw, b"content-length").decode("latin-1").strip()
+    if length.isdigit():
+        return min(int(length), limits.max_request_bytes)
+    chunked = b"chunked" in _header(raw, b"transfer-encoding").lower()
+    return limits.max_request_bytes if chunked else 0
 
 
 def _refusal(scope: dict, state: ServingState) -> tuple[int, str, str] | None:
@@ -180,7 +201,10 @@ class Exchange:
     async def answer(self, status: int, problem: str, detail: str) -> None:
         """The guard's own JSON answer (only if the route has not started one)."""
         if not self.started and not self.answered:
-            headers = {"connection": "close"} if status in (408, 413) else None
+            # the body is left unread: the connection cannot carry another request
+            headers = {"connection": "close"} if status in (408, 413, 429) else {}
+            if status == 429:
+                headers["retry-after"] = "1"
             await JSONResponse(json_error(status, problem, detail), status, headers=headers)(
                 self.scope, self._receive, self.send
             )

@@ -542,3 +542,65 @@ def test_bentoml_pickle_bodies_are_never_unpickled(served, tmp_path):  # noqa: F
         )
         assert r.status_code == 415 and r.json()["status"] == 415, r.text
     assert not marker.exists()
+
+
+def test_bodies_in_flight_share_one_memory_budget():
+    """Each request is bounded alone; many big ones at once are bounded together: while two
+    40-byte bodies are being served under a 100-byte budget a third gets 429 (Retry-After, the
+    connection closed), small and body-less requests still pass, and once the big ones are
+    answered a big one is accepted again."""
+    from roadseg.api import ServingState
+
+    limits = Limits(max_request_bytes=60, max_inflight_bytes=100)
+    release = asyncio.Event()
+    answered: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        if scope["path"] == "/slow":
+            await release.wait()
+        answered.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = GuardMiddleware(app, ServingState(limits=limits))
+
+    async def call(path: str, length: int | None, chunked: bool = False) -> list[dict]:
+        headers = [(b"content-length", str(length).encode())] if length is not None else []
+        if chunked:
+            headers = [(b"transfer-encoding", b"chunked")]
+        scope = {"type": "http", "path": path, "method": "POST", "headers": headers}
+        body = [{"type": "http.request", "body": b"x" * (length or 0), "more_body": False}]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return body.pop(0) if body else await asyncio.Event().wait()
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await guard(scope, receive, send)
+        return sent
+
+    async def run():
+        slow = [asyncio.create_task(call("/slow", 40)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        refused = await call("/segment", 40)
+        refused_chunked = await call("/segment", None, chunked=True)
+        small = await call("/small", 10)
+        bodyless = await call("/metadata", None)
+        release.set()
+        await asyncio.gather(*slow)
+        again = await call("/segment", 40)
+        return refused, refused_chunked, small, bodyless, again, guard.inflight
+
+    refused, refused_chunked, small, bodyless, again, inflight = asyncio.run(run())
+    for sent in (refused, refused_chunked):
+        assert sent[0]["status"] == 429
+        assert (b"retry-after", b"1") in sent[0]["headers"]
+        assert (b"connection", b"close") in sent[0]["headers"]
+        assert json.loads(sent[1]["body"])["error"] == "busy"
+    assert small[0]["status"] == bodyless[0]["status"] == again[0]["status"] == 200
+    assert answered == ["/small", "/metadata", "/slow", "/slow", "/segment"]
+    assert inflight == 0  # every reservation given back
