@@ -6,10 +6,13 @@ what is measured. Each stream sends the real 1280x720 sample JPEGs (pre-encoded:
 disk, so the client costs almost no CPU) at a steady rate, as a camera would: by default the
 streams together offer 1.25x what bare `predict` takes in the same run (`--source-fps` sets a
 camera rate instead, e.g. 30: every offered frame costs the service its receive, so a flood
-measures that too); the service answers the newest waiting frame and reports the rest `dropped`. Before each level, with the service idle, it measures the bare in-process `predict`
-rate with the same torch thread count: one frame per call (the target for one stream) and
-batches of 4 (the target for 4 streams). Reported per level: frames/s served, p50/p95 latency
-(send to answer), dropped share, errors, and served / bare::
+measures that too); the service answers the newest waiting frame and reports the rest `dropped`.
+Before each level, with the service idle, it measures the bare in-process `predict` rate with
+the same torch thread count: one frame per call (the target for one stream) and batches of 4
+(the target for 4 streams), and again for half as long right after the streams (the reference
+is the mean of the two: on a shared machine the load drifts within a round).
+Reported per level: frames/s served, p50/p95 latency (send to answer), dropped share, errors,
+and served / bare::
 
     .venv/bin/python benchmarks/stream_throughput.py            # ~7 min: 3 rounds x 20 s
     .venv/bin/python benchmarks/stream_throughput.py --quick    # 1 round x 8 s
@@ -134,7 +137,12 @@ def run(args: argparse.Namespace) -> list[dict]:
                 # auto: offer 25% more frames than bare predict can take, spread over the streams
                 fps = args.source_fps or 1.25 * bare / n
                 row = asyncio.run(drive(ws, payloads, n, fps, args.duration))
-                row |= {"bare_batch": n, "bare_frames_per_s": bare, "source_fps": fps}
+                # bare again right after: on a shared machine the load drifts within a round,
+                # so the reference is the mean of the rates measured just before and after
+                after = bare_rate(engine, frames, n, args.duration / 2)
+                row |= {"bare_before": bare, "bare_after": after, "source_fps": fps}
+                bare = (bare + after) / 2
+                row |= {"bare_batch": n, "bare_frames_per_s": bare}
                 row["load_avg"] = os.getloadavg()
                 row["share_of_bare"] = row["frames_per_s"] / bare
                 rows[n].append(row)
