@@ -62,6 +62,7 @@ class InferenceEngine:
         self.ready = False
         # Requests with images still to infer, in turn order: one deque of (image, future) each.
         self._requests: deque[deque] = deque()
+        self._preparing = 0  # requests resizing their images: they will queue them next
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         # One inference thread: the model is not re-entrant-safe on every backend and torch
@@ -96,7 +97,11 @@ class InferenceEngine:
         the event loop nothing; if it raises, that is logged and the request still succeeds."""
         if not images:
             return []
-        inputs = await asyncio.to_thread(self._prepare, images)
+        self._preparing += 1
+        try:
+            inputs = await asyncio.to_thread(self._prepare, images)
+        finally:
+            self._preparing -= 1
         logits = await self._queue(inputs)
         return await asyncio.to_thread(self._postprocess, images, logits, then)
 
@@ -169,9 +174,14 @@ class InferenceEngine:
                 await self._arrived.wait()
             items = self._take(self.max_batch_size)
             deadline = loop.time() + self.max_wait
-            # A short wait for more images once the first is in: batches grow with the load,
-            # and an idle service adds at most max_wait to a request's latency.
-            while len(items) < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
+            # A short wait for more images once the first is in, while other requests are
+            # resizing theirs (about to queue): batches grow with the load, and a lone request
+            # (one stream, one client) runs at once.
+            while (
+                len(items) < self.max_batch_size
+                and self._preparing
+                and (remaining := deadline - loop.time()) > 0
+            ):
                 self._arrived.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), remaining)

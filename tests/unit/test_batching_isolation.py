@@ -69,22 +69,37 @@ def test_one_bad_image_fails_only_its_request():
 
 
 def test_cancelled_request_is_never_computed():
-    model = Probe()
-    engine = InferenceEngine(model, SPEC, {}, max_batch_size=8, max_wait_ms=100)
+    """Images of a request cancelled while it waits in the queue (its client hung up) never
+    reach the model; the requests around it are answered."""
+    model = Sleepy()
+    engine = InferenceEngine(model, SPEC, {}, max_batch_size=8, max_wait_ms=1)
 
     async def run():
-        keep = asyncio.create_task(engine.predict([image(GOOD)]))
+        first = asyncio.create_task(engine.predict([image(GOOD)]))
+        while not model.seen:  # the first batch is in the model
+            await asyncio.sleep(0.001)
         gone = asyncio.create_task(engine.predict([image(MARKED)] * 3))
-        await asyncio.sleep(0.01)  # both queued; the worker is still collecting its batch
+        keep = asyncio.create_task(engine.predict([image(GOOD)]))
+        while len(engine._requests) < 2:  # both queued behind the running batch
+            await asyncio.sleep(0.001)
         gone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await gone
-        return await keep
+        return await first, await keep
 
-    (pred,) = asyncio.run(run())
-    assert pred.mask.shape == (3, 5)
+    (p1,), (p2,) = asyncio.run(run())
+    assert p1.mask.shape == p2.mask.shape == (3, 5)
     seen = [v for batch in model.seen for v in batch]
-    assert seen == [pytest.approx(-5.0)]  # only the kept image reached the model
+    assert seen == [pytest.approx(-5.0)] * 2  # only the two kept images reached the model
+
+
+class Sleepy(Probe):
+    """The probe, taking 200 ms per batch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        time.sleep(0.2)
+        return out
 
 
 class Slow(Probe):
@@ -201,3 +216,22 @@ def test_a_failing_after_hook_does_not_fail_the_request(caplog):
     (pred,) = asyncio.run(run())
     assert pred.mask.tolist() == [[1] * 5] * 3
     assert "after-prediction hook failed" in caplog.text
+
+
+def test_the_batch_wait_is_only_for_requests_on_their_way():
+    """With a minute-long batch wait: a lone request runs at once (nobody else is resizing,
+    so nobody is coming), while requests submitted together still share one batch."""
+    model = Probe()
+    engine = InferenceEngine(model, SPEC, {}, max_batch_size=8, max_wait_ms=60_000)
+
+    async def run():
+        alone = await asyncio.wait_for(engine.predict([image(GOOD)]), 20)
+        together = await asyncio.wait_for(
+            asyncio.gather(engine.predict([image(GOOD)]), engine.predict([image(MARKED)])), 20
+        )
+        return alone, together
+
+    alone, (a, b) = asyncio.run(run())
+    assert [len(batch) for batch in model.seen] == [1, 2]
+    assert alone[0].mask.tolist() == a[0].mask.tolist() == [[0] * 5] * 3
+    assert b[0].mask.tolist() == [[1] * 5] * 3
