@@ -3,13 +3,16 @@ clients (U-Net-SSeg's Streamlit pages, its scripts) send requests and read answe
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import struct
 import zipfile
 import zlib
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -101,3 +104,18 @@ def check_error(r: httpx.Response, status: int, words: str) -> None:
     body = r.json()
     assert words.lower() in body["detail"].lower(), body
     assert r.headers["x-model-version"]
+
+
+def tree_rss_mb(port: int) -> float:
+    """Resident memory of the server on PORT: every process of its process group (the
+    `bentoml serve` session: arbiter and workers; the serve process retitles itself)."""
+    pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port}
+    pids.discard(None)
+    assert pids, f"nothing listens on port {port}"
+    group = os.getpgid(pids.pop())
+    total = 0
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == group:
+                total += proc.memory_info().rss
+    return total / 2**20

@@ -8,10 +8,8 @@ RSS_BOUND_MB of resident memory.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
-import os
 import re
 import select
 import socket
@@ -19,10 +17,10 @@ import time
 import zipfile
 
 import httpx
-import psutil
 import pytest
 from hostile_payloads import BATTERY, flat_png, png
 from PIL import Image
+from service_helpers import tree_rss_mb
 
 from roadseg.launcher import params_with, running_service, save_random_checkpoint
 
@@ -31,21 +29,6 @@ KEY = "hostile-live-key"
 H = {"X-API-Key": KEY}
 RSS_BOUND_MB = 300
 HEADER_TIMEOUT, BODY_TIMEOUT, MAX_BODY_SECONDS, SEND_TIMEOUT = 2, 2, 6, 3
-
-
-def tree_rss_mb(port: int) -> float:
-    """Resident memory of the server on PORT: every process of its process group (the
-    `bentoml serve` session: arbiter and workers; the serve process retitles itself)."""
-    pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port}
-    pids.discard(None)
-    assert pids, f"nothing listens on port {port}"
-    group = os.getpgid(pids.pop())
-    total = 0
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.pid) == group:
-                total += proc.memory_info().rss
-    return total / 2**20
 
 
 @pytest.fixture(scope="module")

@@ -229,7 +229,8 @@ def test_client_that_never_reads_costs_bounded_memory(live) -> None:
     import socket
     import time
 
-    from tests.integration.ws_raw import BINARY, RawWS, frame, tree_rss_mb
+    from tests.integration.service_helpers import tree_rss_mb
+    from tests.integration.ws_raw import BINARY, RawWS, frame
 
     url, model, spec, _, _ = live
     port = port_of(url)
@@ -270,7 +271,8 @@ def test_connection_limit_and_rapid_connect_loops(live) -> None:
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    from tests.integration.ws_raw import BINARY, RawWS, frame, tree_rss_mb
+    from tests.integration.service_helpers import tree_rss_mb
+    from tests.integration.ws_raw import BINARY, RawWS, frame
 
     url, model, spec, clip, _ = live
     port = port_of(url)

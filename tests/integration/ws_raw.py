@@ -112,22 +112,3 @@ class RawWS:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def tree_rss_mb(port: int) -> float:
-    """Resident memory of the server on PORT: every process of its process group (the
-    `bentoml serve` session: arbiter and workers)."""
-    import contextlib
-
-    import psutil
-
-    pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port}
-    pids.discard(None)
-    assert pids, f"nothing listens on port {port}"
-    group = os.getpgid(pids.pop())
-    total = 0
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.pid) == group:
-                total += proc.memory_info().rss
-    return total / 2**20
