@@ -1,10 +1,11 @@
 """Which adaptive batcher serves concurrent single-image requests faster: ours or BentoML's?
 
-Both wrap the same `InferenceEngine.predict_now` (preprocess + forward + full-resolution
-post-processing) on the same model and real 1280x720 images, in one process and one run:
+The same model and real 1280x720 images, in one process and one run:
 
-- `queue`: `roadseg.batching.InferenceEngine.predict` (what every route uses today);
-- `cork`:  `bentoml._internal.marshal.dispatcher.CorkDispatcher`, the dispatcher behind
+- `queue`: `roadseg.batching.InferenceEngine.predict` (what every route uses: resizing and
+  full-resolution post-processing in the request's worker threads, the forward pass batched);
+- `cork`:  `predict_now` (all three steps) behind
+  `bentoml._internal.marshal.dispatcher.CorkDispatcher`, the dispatcher behind
   `@bentoml.api(batchable=True, max_batch_size=…, max_latency_ms=…)`, with `serve.batch_size`
   and `--cork-max-latency-ms` (its latency budget: it refuses work it predicts would exceed it);
 - `bare`:  `predict_now` on full batches, no queue at all (the ceiling).
