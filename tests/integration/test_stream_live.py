@@ -188,6 +188,7 @@ def test_no_compression_and_protocol_violations_close(live) -> None:
 
 
 def test_pings_pongs_and_messages_after_close(live) -> None:
+    from tests.integration.service_helpers import tree_rss_mb
     from tests.integration.ws_raw import (
         BINARY,
         CLOSE,
@@ -197,7 +198,6 @@ def test_pings_pongs_and_messages_after_close(live) -> None:
         RawWS,
         close_frame,
         frame,
-        tree_rss_mb,
     )
 
     url, model, spec, clip, _ = live
