@@ -52,6 +52,13 @@ MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024
 Format = Literal["mask", "color", "overlay"]
 FORMATS = ("mask", "color", "overlay")
+
+
+def format_problem(fmt: str) -> str:
+    """What is wrong with a format not in FORMATS (bounded, ASCII: it may go into a close frame)."""
+    return f"unknown format {fmt[:40]!a} (mask, color or overlay)"
+
+
 # Images waiting for their monitoring row (each held as a <= 512x512x3 grid: <= 50 MB in all).
 MONITOR_QUEUE = 64
 
@@ -106,17 +113,15 @@ class ServingState:
         elif fmt == "overlay":
             array = overlay(image, pred.mask, colors, self.overlay_alpha)
         else:
-            raise InputError(f"unknown format {fmt[:40]!a} (mask, color or overlay)", 422,
-                             "bad_format")  # fmt: skip
+            raise InputError(format_problem(fmt), 422, "bad_format")
         return encode_image(array, codec, photo=fmt == "overlay")
 
     async def segment(self, data: bytes, fmt: str) -> Response:
         """`POST /segment` (raw body or the typed method's `image`): one image's PNG (class ids,
         colour mask or overlay) at its own size, or a JSON error."""
         try:
-            if fmt not in FORMATS:
-                raise InputError(f"unknown format {fmt[:40]!a} (mask, color or overlay)", 422,
-                                 "bad_format")  # fmt: skip
+            if fmt not in FORMATS:  # before any decoding or inference
+                raise InputError(format_problem(fmt), 422, "bad_format")
             image = await run_in_threadpool(self.decode_one, data)
             (pred,) = await self.infer([image])
             png = await run_in_threadpool(self.render, image, pred, fmt)
@@ -161,9 +166,9 @@ def encode_image(array: np.ndarray, codec: str = "PNG", *, photo: bool = False) 
 def record_features(state: ServingState, images: list[np.ndarray], preds: list[Prediction]) -> None:
     """Queue one monitoring row per image; never blocks, never fails the request.
 
-    On the request's worker thread only the feature grid is taken (a strided uint8 copy, long
-    side <= 512: ~0.3 ms for 720p, more when the machine is busy) so neither the image nor the mask is held by the queue; the features and
-    the write run on the monitoring thread. Images too small for the features (< 3 px on a side)
+    In the request's post-processing thread only the feature grid is taken (a strided uint8
+    copy, long side <= 512: ~0.3 ms for 720p) so neither the image nor the mask is held by the
+    queue; the features and the write run on the monitoring thread. Images too small for the features (< 3 px on a side)
     or any other feature error only leave the row out, with a warning.
     """
     from roadseg.features import feature_grid

@@ -39,13 +39,12 @@ from fastapi import FastAPI, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from roadseg.api import ServingState
+from roadseg.api import FORMATS, ServingState, format_problem
 from roadseg.inputs import InputError, Limits, decode_image
 from roadseg.stream_auth import POLICY, TRY_LATER, StreamClosed, _authenticate
 
 logger = logging.getLogger(__name__)
 SUBPROTOCOL = "roadseg"
-FORMATS = ("mask", "color", "overlay")
 TOO_BIG, UNSUPPORTED, INTERNAL = 1009, 1003, 1011
 IN_FLIGHT = 3  # frames per stream: one answered, one inferred, one decoded
 CLOSE_WAIT = 5.0  # seconds a close frame may wait for a client that reads nothing
@@ -131,7 +130,7 @@ async def _admit(websocket: WebSocket, state: ServingState, limits: Any, live: d
     take a stream's place: those waiting for their key have their own count."""
     fmt = websocket.query_params.get("format") or "mask"
     if fmt not in FORMATS:
-        raise StreamClosed(POLICY, f"unknown format {fmt[:40]!a} (mask, color or overlay)")
+        raise StreamClosed(POLICY, format_problem(fmt))
     await _authenticate(websocket, state, limits, live)
     if live["streams"] >= limits.max_connections:
         raise StreamClosed(TRY_LATER, "too many streams on this pod, try again later")
