@@ -2,16 +2,20 @@
 # Two images from one file (the Bento service image comes from `bentoml containerize` instead):
 #   pipeline/project image (default target): the roadseg package with its CLI, used by every
 #   Kubeflow component and the drift CronJob.
-#     docker build -t ghcr.io/roadseg/roadseg-pipeline:$TAG .                        # CUDA torch
-#     docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu -t ... .  # CPU only
+#     docker build -t ghcr.io/roadseg/roadseg-pipeline:$TAG .     # CUDA torch (the train step's GPUs)
+#     docker build --build-arg VARIANT=cpu -t ghcr.io/roadseg/roadseg-pipeline:$TAG-cpu .  # CPU only
 #   MLflow tracking server: docker build --target mlflow -t ghcr.io/roadseg/roadseg-mlflow:$TAG .
+# Every package comes from a lock compiled against requirements/lock.txt (scripts/lock.sh), hashes
+# checked: the images run the versions the tests ran.
 
 # --- MLflow tracking server -------------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS mlflow-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# Same MLflow as the project's clients; psycopg2 for the PostgreSQL store, boto3 for MinIO/S3.
+# The clients' MLflow (lock.txt's); psycopg2 for the PostgreSQL store, boto3 for MinIO/S3.
+COPY requirements/mlflow-server.txt /tmp/requirements.txt
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.10" "boto3==1.35.49"
+    && /opt/venv/bin/pip install --no-deps --require-hashes -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip check
 
 FROM python:3.11-slim-bookworm AS mlflow
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp mlflow
@@ -24,26 +28,29 @@ CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
 
 # --- pipeline / project image -----------------------------------------------------------------
 FROM python:3.11-slim-bookworm AS build
-# The torch wheel index: PyPI's Linux wheel is the CUDA build (GPU nodes; the NVIDIA libraries
-# come as pip wheels, the driver from the node). Use https://download.pytorch.org/whl/cpu for a
-# CPU-only image a few GB smaller.
-ARG TORCH_INDEX=https://pypi.org/simple
+# gpu (default: the pipeline's train step runs on GPU nodes): requirements/runtime-gpu.txt, PyPI's
+# CUDA torch (the NVIDIA libraries come as pip wheels, the driver from the node). cpu: a few GB
+# smaller, runtime-cpu.txt, torch's CPU build from TORCH_INDEX (PyPI has only CUDA builds for
+# Linux). Every other package is the same in both.
+ARG VARIANT=gpu
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# torch first, pinned like pyproject.toml, so the project install below never swaps it.
-RUN pip install --index-url "${TORCH_INDEX}" "torch==2.13.0"
 WORKDIR /app
 # Dependencies before sources: a code change does not reinstall them.
+COPY requirements/runtime-${VARIANT}.txt /tmp/requirements.txt
+RUN if [ "$VARIANT" = cpu ]; then extra="--extra-index-url $TORCH_INDEX"; else extra=""; fi \
+    && pip install --no-deps --require-hashes $extra -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
-RUN mkdir roadseg && touch roadseg/__init__.py && pip install . && pip uninstall -y roadseg
 COPY roadseg ./roadseg
 # The pipeline DAG and its components: `roadseg pipeline compile|submit` in the image.
 COPY components ./components
 COPY pipelines ./pipelines
 COPY params.yaml ./
-# Editable, so the library's default params file (repository root = /app/params.yaml) resolves.
-RUN pip install --no-deps -e . && roadseg --help > /dev/null
+# Editable, so the library's default params file (repository root = /app/params.yaml) resolves;
+# no dependencies: the lock above has them all (pip check says so).
+RUN pip install --no-deps --no-build-isolation -e . && pip check && roadseg --help > /dev/null
 
 FROM python:3.11-slim-bookworm AS runtime
 # git: `dvc pull` of a dataset revision (CA certificates ship with the base image); no compilers

@@ -5,17 +5,28 @@ STAMP  := $(VENV)/.install-stamp
 ASSETS := roadseg/_report_assets/.stamp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo demo-data test lint format bench clean
+.PHONY: install lock demo demo-data test lint format bench clean
 
-# torch first, at pyproject.toml's pin (its one home), so the CPU wheel is used and no CUDA wheels
-# are pulled.
-TORCH_PIN := $(shell sed -n 's/^ *"\(torch==[^"]*\)".*/\1/p' pyproject.toml)
-$(STAMP): pyproject.toml
+# .venv holds exactly requirements/lock.txt (hashes checked), then roadseg itself, editable.
+# --no-deps: the lock is the whole closure (pip check confirms it), and pip's resolver in hash
+# mode rejects the extras it lists without versions (evidently's pandas[parquet]). pip-sync then
+# removes what the lock no longer lists. torch is the lock's CPU wheel: pip finds it on
+# this machine's disk; elsewhere set TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+LOCK        := requirements/lock.txt
+TORCH_INDEX ?=
+PIP_INDEX   := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps --require-hashes $(PIP_INDEX) -r $(LOCK)
+	$(VENV)/bin/pip-sync -q $(PIP_INDEX) $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	@touch $(STAMP)
+
+# Re-resolve the locks on purpose (scripts/lock.sh says which file serves what). UPGRADE="-P pkg"
+# upgrades one package, UPGRADE=--upgrade everything; then `make test` (README, Development).
+lock: $(STAMP)
+	UPGRADE="$(UPGRADE)" scripts/lock.sh
 
 install: $(STAMP) $(ASSETS)
 

@@ -60,6 +60,7 @@ def test_packaged_bento_serves_the_registered_version_without_mlflow(synth_dir, 
                 "--export", str(tmp_path / "dist")], env, tmp_path)  # fmt: skip
     tag = out.strip().splitlines()[-1]
     assert tag.startswith("roadseg:")
+    _assert_bento_installs_the_lock(tmp_path / "bentoml/bentos" / tag.replace(":", "/"))
     mv = MlflowClient(tracking).get_model_version("roadseg-unet", version)
     assert mv.tags["bento_tag"] == tag
     (archive,) = (tmp_path / "dist").glob("*.bento")
@@ -89,6 +90,23 @@ def test_packaged_bento_serves_the_registered_version_without_mlflow(synth_dir, 
     for stem, mask in expected.items():
         np.testing.assert_array_equal(served_again[stem], mask, err_msg=f"imported: {stem}")
     assert meta_again["bento_tag"] == tag
+
+
+def _assert_bento_installs_the_lock(bento: Path) -> None:
+    """The Bento's requirements are requirements/serve.txt: lock.txt's versions, torch's CPU
+    build with the index it comes from."""
+    from scripts.lockfile import read_lock
+
+    repo = Path(__file__).resolve().parents[2]
+    built = read_lock(bento / "env/python/requirements.txt")
+    lock = read_lock(repo / "requirements/lock.txt")
+    serve = read_lock(repo / "requirements/serve.txt")
+    assert set(serve) <= set(built)
+    for name, version in built.items():
+        assert lock.get(name) == version, f"the Bento installs {name}=={version}, lock {lock.get(name)}"
+    assert built["torch"].endswith("+cpu") and built["bentoml"] == lock["bentoml"]
+    text = (bento / "env/python/requirements.txt").read_text()
+    assert "download.pytorch.org/whl/cpu" in text + (bento / "bento.yaml").read_text()
 
 
 def test_package_refuses_a_uri_without_a_registry_entry(tmp_path) -> None:

@@ -31,6 +31,16 @@ def test_committed_ir_is_up_to_date(compiled: Path) -> None:
     )
 
 
+def test_committed_ir_was_compiled_by_the_locked_kfp() -> None:
+    """The IR records the SDK that compiled it; an unlocked kfp upgrade shows up here first."""
+    from scripts.lockfile import read_lock
+
+    kfp = read_lock(REPO / "requirements/lock.txt")["kfp"]
+    assert f"sdkVersion: kfp-{kfp}\n" in COMMITTED.read_text(), (
+        f"requirements/lock.txt has kfp {kfp}: recompile (roadseg pipeline compile)"
+    )
+
+
 def test_loop_iterates_the_loss_variants_and_fans_in(ir: tuple[dict, dict]) -> None:
     spec, _ = ir
     inputs = spec["root"]["inputDefinitions"]["parameters"]
