@@ -67,14 +67,16 @@ def main() -> None:
     if not images:
         raise SystemExit(f"no images under {args.sample}/images/10k")
     total = hashlib.sha256()
-    with tempfile.TemporaryDirectory() as tmp:
-        with in_process_service(Path(tmp), {}, KEY) as (client, _, _):
-            for image in images:
-                for name, body in sorted(_answers(client, image).items()):
-                    digest = hashlib.sha256(body).hexdigest()
-                    total.update(digest.encode())
-                    status = int.from_bytes(body[:2], "big")
-                    print(f"{image.stem} {name} {status} {len(body) - 2} {digest[:16]}")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        in_process_service(Path(tmp), {}, KEY) as (client, _, _),
+    ):
+        for image in images:
+            for name, body in sorted(_answers(client, image).items()):
+                digest = hashlib.sha256(body).hexdigest()
+                total.update(digest.encode())
+                status = int.from_bytes(body[:2], "big")
+                print(f"{image.stem} {name} {status} {len(body) - 2} {digest[:16]}")
     print(f"total {len(images)} images {total.hexdigest()}")
 
 
