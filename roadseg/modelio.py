@@ -26,8 +26,16 @@ from torch import nn
 from roadseg.serving import ModelSpec
 
 SPEC_FILE = "model_spec.json"
-# Explicit requirements: MLflow's inference of them re-imports the model in a subprocess (slow).
-PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow", "roadseg"]
+
+
+def pip_requirements() -> list[str]:
+    """The logged model's environment: the installed versions (`.venv` and the images hold the
+    lock); torch without its local label (+cpu), so a CUDA machine can rebuild it. Explicit:
+    MLflow's inference of them re-imports the model in a subprocess (slow)."""
+    from importlib import metadata
+
+    pins = [f"{name}=={metadata.version(name)}" for name in ("numpy", "pillow")]
+    return [f"torch=={torch.__version__.split('+')[0]}", *pins, "roadseg"]
 
 
 class ModelLoadError(ValueError):
@@ -134,7 +142,7 @@ def log_model(
             signature=signature,
             input_example=example,
             extra_files=[str(spec_path)],
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=pip_requirements(),
             metadata={"roadseg_spec": spec.to_dict()},
             registered_model_name=registered_model_name,
             # pickle, not the pt2 default: torch.export specialises the batch and image size.

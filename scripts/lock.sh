@@ -41,3 +41,4 @@ grep -v '^torch==' $R/lock.txt | sed '/^    --hash/d; s/ \\$//' > $R/.lock-no-to
 trap 'rm -f $R/.lock-no-torch.txt' EXIT
 PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS='' \
   compile --generate-hashes -c $R/.lock-no-torch.txt -o $R/runtime-gpu.txt pyproject.toml
+sed -i 's#requirements/\.lock-no-torch\.txt#requirements/lock.txt (all but torch)#' $R/runtime-gpu.txt
