@@ -57,6 +57,15 @@ format: install
 bench: install
 	$(PY) benchmarks/data_throughput.py
 
+# The documentation site (mkdocs.yml, pages in docs/) into site/. --strict: any warning fails (a
+# broken link or anchor, a page missing from nav, a missing snippet). docs-serve: live, on :8000.
+.PHONY: docs docs-serve
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: install
+	$(VENV)/bin/mkdocs serve
+
 clean:
 	rm -rf data/ reports/ artifacts/ mlruns.db mlartifacts/ .pytest_cache
 
