@@ -2,7 +2,7 @@
 
 The same model and real 1280x720 images, in one process and one run:
 
-- `queue`: `roadseg.batching.InferenceEngine.predict` (what every route uses: resizing and
+- `queue`: `roadseg.serve.engine.InferenceEngine.predict` (what every route uses: resizing and
   full-resolution post-processing in the request's worker threads, the forward pass batched);
 - `cork`:  `predict_now` (all three steps) behind
   `bentoml._internal.marshal.dispatcher.CorkDispatcher`, the dispatcher behind
@@ -41,7 +41,7 @@ def real_images(n: int) -> list[np.ndarray]:
 
 def demo_model(base: int, size: tuple[int, int]) -> Path:
     """A U-Net like the demo's (untrained weights: the cost is the same)."""
-    from roadseg.launcher import save_random_checkpoint
+    from roadseg.testing import save_random_checkpoint
 
     path = Path(tempfile.mkdtemp(prefix="roadseg-bench-")) / "model.pt"
     save_random_checkpoint(
@@ -70,8 +70,8 @@ async def drive(call, images: list[np.ndarray], clients: int, duration: float) -
 async def run(args: argparse.Namespace) -> dict:
     from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
-    from roadseg.batching import create_engine
     from roadseg.config import load_params
+    from roadseg.serve.engine import create_engine
 
     serve = load_params().serve
     images = real_images(32)

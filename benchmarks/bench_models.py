@@ -6,7 +6,7 @@ have street-like boundaries: the post-processing cost depends on how many low-re
 mix classes, and an untrained U-Net answers nearly one class everywhere. It is cached under
 `~/.cache/roadseg-bench` (100 steps, ~6 minutes on a loaded 2-core machine). The base-64
 reference model (31 M parameters at 368x640) is too slow to train here: it is random, with its
-weights scaled (`roadseg.launcher.random_unet`) so that its masks mix several classes; the
+weights scaled (`roadseg.testing.random_unet`) so that its masks mix several classes; the
 predict benchmark prints the share of mixed cells of each (8% for the demo model, ~100% for
 the random one: the worst case of the mixed-cell path).
 """
@@ -41,7 +41,7 @@ def _training_pairs(size: tuple[int, int]):
     import torch
 
     from roadseg.config import load_params
-    from roadseg.serving import normalize, resize_image, resize_mask
+    from roadseg.data.transforms import normalize, resize_image, resize_mask
 
     lut = load_params().data.lookup_table()
     xs, ys = [], []
@@ -66,9 +66,9 @@ def demo_checkpoint(steps: int = 100, base: int = 16, size: tuple[int, int] = (9
     import torch
 
     from roadseg.config import load_params
-    from roadseg.modelio import save_checkpoint
     from roadseg.models import build_model
-    from roadseg.serving import ModelSpec
+    from roadseg.models.io import save_checkpoint
+    from roadseg.models.spec import ModelSpec
 
     params = load_params(
         overrides=[f"model.base_channels={base}", f"train.image_size=[{size[0]},{size[1]}]"]
@@ -96,7 +96,7 @@ def demo_checkpoint(steps: int = 100, base: int = 16, size: tuple[int, int] = (9
 
 def reference_checkpoint(base: int = 64, size: tuple[int, int] = (368, 640)) -> Path:
     """A random base-64 U-Net (31 M parameters) at 368x640 with scaled weights, cached."""
-    from roadseg.launcher import save_random_checkpoint
+    from roadseg.testing import save_random_checkpoint
 
     path = CACHE / f"unet{base}-{size[0]}x{size[1]}-random.pt"
     if not path.is_file():
@@ -110,7 +110,7 @@ def mixed_cell_share(model, spec, images) -> float:
     """Share of low-resolution cells whose 4 corners disagree (what the mask path interpolates)."""
     import torch
 
-    from roadseg.serving import preprocess
+    from roadseg.inference.predict import preprocess
 
     with torch.no_grad():
         a = model(preprocess(images, spec)).argmax(1)

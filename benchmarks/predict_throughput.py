@@ -1,4 +1,4 @@
-"""`roadseg.serving.predict` at 1280x720 vs the bare forward pass and the old post-processing.
+"""`roadseg.inference.predict.predict` at 1280x720 vs the bare forward pass and the old post-processing.
 
 On the real BDD100k sample (1280x720), for the demo model (U-Net base 16 at 96x160, briefly
 trained: `bench_models.demo_checkpoint`) and the base-64 reference model (31 M parameters at
@@ -7,7 +7,7 @@ trained: `bench_models.demo_checkpoint`) and the base-64 reference model (31 M p
 - `forward`: preprocess + the model's forward pass only (the ceiling);
 - `old`: the original post-processing, kept here as the baseline: upsample all logits to full
   size, softmax, max (and the road probability);
-- `predict`: `roadseg.serving.predict` (mixed-cell argmax, sampled confidence, lazy road map).
+- `predict`: `roadseg.inference.predict.predict` (mixed-cell argmax, sampled confidence, lazy road map).
 
 It first checks that the masks are identical (argmax ties aside) and prints the confidence error.
 Medians over rounds; the load average is printed with each table::
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from bench_models import demo_checkpoint, mixed_cell_share, reference_checkpoint, sample_images
 
-from roadseg.modelio import load_model
-from roadseg.serving import Prediction, predict, preprocess
+from roadseg.inference.predict import Prediction, predict, preprocess
+from roadseg.models.io import load_model
 
 
 def old_predict(model, images, spec) -> list[Prediction]:

@@ -172,9 +172,9 @@ def level(url, engine, images, payloads, clients: int, batch: int, args) -> dict
 
 
 def run(args: argparse.Namespace) -> dict:
-    from roadseg.batching import create_engine
     from roadseg.config import load_params
-    from roadseg.launcher import running_service
+    from roadseg.serve.engine import create_engine
+    from roadseg.testing import running_service
 
     batch = load_params(os.environ.get("ROADSEG_PARAMS") or None).serve.batch_size
     payloads = [p.read_bytes() for p in sample_paths()]

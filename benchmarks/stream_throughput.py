@@ -110,8 +110,8 @@ async def drive(url: str, payloads: list[bytes], streams: int, fps: float, secon
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from roadseg.batching import create_engine
-    from roadseg.launcher import params_with, running_service
+    from roadseg.serve.engine import create_engine
+    from roadseg.testing import params_with, running_service
 
     frames = sample_images()
     payloads = [p.read_bytes() for p in sample_paths()]

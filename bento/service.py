@@ -2,7 +2,7 @@
 
 Typed `@bentoml.api` methods for the native routes (`POST /segment`, `POST /segment/json`), so
 `bentoml.SyncHTTPClient(url).segment(image=Path("street.jpg"))` works; the original projects'
-routes (`roadseg/legacy.py`) on a mounted FastAPI app. Both infer through the state on this
+routes (`roadseg/serve/legacy.py`) on a mounted FastAPI app. Both infer through the state on this
 instance (`self.state`, one batching queue). Loads the model once per worker, on the GPU when
 there is one, warms it up, and only then reports ready on /readyz::
 
@@ -26,9 +26,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from roadseg.api import Format, SegmentRoutes, ServingState
-from roadseg.httpguard import GuardMiddleware, install_http_guards
-from roadseg.legacy import build_legacy_app
+from roadseg.serve.api import Format, SegmentRoutes, ServingState
+from roadseg.serve.httpguard import GuardMiddleware, install_http_guards
+from roadseg.serve.legacy import build_legacy_app
 
 DEFAULT_MODEL_URI = "models:/roadseg-unet@champion"
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -66,10 +66,10 @@ class RoadSegService:
     """Road-scene semantic segmentation (BDD100k 14 classes, or KITTI Road's binary model)."""
 
     def __init__(self) -> None:
-        from roadseg.batching import create_engine
         from roadseg.config import load_params
-        from roadseg.inputs import Limits
-        from roadseg.monitoring import MonitorLog
+        from roadseg.monitor.log import MonitorLog
+        from roadseg.serve.engine import create_engine
+        from roadseg.serve.inputs import Limits
 
         params = load_params(os.environ.get("ROADSEG_PARAMS") or None)
         self.state = ServingState(
@@ -87,7 +87,7 @@ class RoadSegService:
         # model source: ROADSEG_MODEL_URI (any MLflow URI or checkpoint) when set; else, served
         # from a built Bento, the model `roadseg package` put in it (no MLflow needed); else the
         # registry's champion (development: `bentoml serve bento.service:RoadSegService`).
-        from roadseg.packaging import bento_of, create_packaged_engine
+        from roadseg.release.packaging import bento_of, create_packaged_engine
 
         uri = os.environ.get("ROADSEG_MODEL_URI")
         bento_dir = None if uri else bento_of(__file__)

@@ -1,4 +1,4 @@
-"""Kubeflow Pipelines v2 components: thin wrappers that call one `roadseg.steps` function each.
+"""Kubeflow Pipelines v2 components: thin wrappers that call one `roadseg.pipeline.steps` function each.
 
 Bodies import `roadseg` inside (they run in the project image, `ROADSEG_IMAGE`); no
 `packages_to_install`, and no kfp install at run time (the image ships kfp).

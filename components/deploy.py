@@ -8,12 +8,12 @@ from components._image import ROADSEG_IMAGE
 @dsl.component(base_image=ROADSEG_IMAGE, install_kfp_package=False)
 def deploy(packaged: str, params_file: str, overrides: list) -> str:
     """The package step's result plus `deploy`: rollout with wait, check and rollback
-    (`roadseg.deploy`), or why it skipped. JSON."""
+    (`roadseg.release.deploy`), or why it skipped. JSON."""
     import json
     import os
 
-    from roadseg.release import deploy_step
-    from roadseg.steps import step_params
+    from roadseg.pipeline.steps import step_params
+    from roadseg.release.rollout import deploy_step
     from roadseg.tracking import resolve_tracking_uri
 
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides)

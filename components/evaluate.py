@@ -19,7 +19,7 @@ def evaluate(
     import json
     import os
 
-    from roadseg.steps import evaluate_step, step_params
+    from roadseg.pipeline.steps import evaluate_step, step_params
     from roadseg.tracking import resolve_tracking_uri
 
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides,

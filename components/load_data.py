@@ -22,7 +22,7 @@ def load_data(
     import os
     from collections import namedtuple
 
-    from roadseg.steps import fetch_dataset, step_params
+    from roadseg.pipeline.steps import fetch_dataset, step_params
 
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides)
     info = fetch_dataset(dataset.path, params, synthetic=synthetic, data_dir=data_dir,

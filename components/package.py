@@ -15,8 +15,8 @@ def package(registration: str, params_file: str, overrides: list, bento: Output[
     import shutil
     import tempfile
 
-    from roadseg.release import package_step
-    from roadseg.steps import step_params
+    from roadseg.pipeline.steps import step_params
+    from roadseg.release.rollout import package_step
     from roadseg.tracking import resolve_tracking_uri
 
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides)

@@ -21,7 +21,7 @@ def register_best(
     import json
     import os
 
-    from roadseg.steps import register_step, step_params
+    from roadseg.pipeline.steps import register_step, step_params
     from roadseg.tracking import resolve_tracking_uri
 
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides,

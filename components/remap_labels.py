@@ -21,7 +21,7 @@ def remap_labels(
     import os
     from pathlib import Path
 
-    from roadseg.steps import remap_step, step_params
+    from roadseg.pipeline.steps import remap_step, step_params
 
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides,
                          params_hash=params_hash)  # fmt: skip

@@ -24,7 +24,7 @@ def train(
     import json
     import os
 
-    from roadseg.steps import step_params, train_step
+    from roadseg.pipeline.steps import step_params, train_step
     from roadseg.tracking import resolve_tracking_uri
 
     params_hash, dataset_digest = (

@@ -20,7 +20,7 @@ def validate_labels(
     import shutil
     from pathlib import Path
 
-    from roadseg.steps import step_params, validate_step
+    from roadseg.pipeline.steps import step_params, validate_step
 
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides,
                          params_hash=params_hash)  # fmt: skip

@@ -176,7 +176,7 @@ class ServeParams(_Frozen):
     max_zip_uncompressed_bytes: int = Field(200 * 2**20, ge=1)
     max_video_frames: int = Field(900, ge=1)
     max_video_seconds: float = Field(60, gt=0)
-    # Per request, across parts, ZIP entries, JSON images and video frames (roadseg/decoding.py).
+    # Per request, across parts, ZIP entries, JSON images and video frames (roadseg/serve/decoding.py).
     max_request_pixels: int = Field(1_000_000_000, ge=1)
     max_jpeg_scans: int = Field(100, ge=1)  # a progressive JPEG has ~10; each scan is a full pass
     header_timeout_seconds: float = Field(10, gt=0)  # connection open -> headers complete
@@ -191,7 +191,7 @@ class ServeParams(_Frozen):
 
 
 class StreamParams(_Frozen):
-    """Limits of the `/stream` WebSocket (roadseg/stream.py)."""
+    """Limits of the `/stream` WebSocket (roadseg/serve/stream.py)."""
 
     max_frame_bytes: int = Field(8 * 2**20, ge=1)  # a bigger frame closes with 1009
     max_frame_pixels: int = Field(8_300_000, ge=1)  # 4K; a bigger frame gets a text error
@@ -229,7 +229,7 @@ class PackageParams(_Frozen):
 
 
 class DeployParams(_Frozen):
-    """The pipeline's deploy step (roadseg/deploy.py); names match k8s/base/deploy and serving."""
+    """The pipeline's deploy step (roadseg/release/deploy.py); names match k8s/base/deploy and serving."""
 
     enabled: bool = False  # cluster runs only; a local run always skips the deploy
     namespace: str = "roadseg"

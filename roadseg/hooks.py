@@ -40,7 +40,7 @@ HOOKS: tuple[Hook, ...] = (
         "0.54.0",
         "uvicorn.config:HTTP_PROTOCOLS",
         ("auto",),
-        "roadseg.httpconn.install_http_guards: replaces the 'auto' HTTP protocol class",
+        "roadseg.serve.httpconn.install_http_guards: replaces the 'auto' HTTP protocol class",
         "tests/integration/test_hostile_live.py",
     ),
     Hook(
@@ -61,7 +61,7 @@ HOOKS: tuple[Hook, ...] = (
             "loop",
             "cycle",
         ),
-        "roadseg.httpconn.HeaderGuard: subclassed (header timer, byte cap, chunk cap, send timeout)",
+        "roadseg.serve.httpconn.HeaderGuard: subclassed (header timer, byte cap, chunk cap, send timeout)",
         "tests/integration/test_hostile_live.py, tests/unit/test_hostile_http.py",
     ),
     Hook(
@@ -69,7 +69,7 @@ HOOKS: tuple[Hook, ...] = (
         "0.9.0",
         "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol",
         ("on_body", "on_message_begin", "send_400_response"),
-        "roadseg.httpconn.HeaderGuard: uvicorn's 'auto' is this class when httptools is installed"
+        "roadseg.serve.httpconn.HeaderGuard: uvicorn's 'auto' is this class when httptools is installed"
         "; the chunk cap counts its per-chunk on_body calls",
         "tests/integration/test_hostile_live.py",
     ),
@@ -78,7 +78,7 @@ HOOKS: tuple[Hook, ...] = (
         "0.54.0",
         "uvicorn.config:WS_PROTOCOLS",
         ("auto",),
-        "roadseg.wsguard.install_ws_guard: replaces the 'auto' WebSocket protocol class",
+        "roadseg.serve.wsguard.install_ws_guard: replaces the 'auto' WebSocket protocol class",
         "tests/integration/test_stream_live.py",
     ),
     Hook(
@@ -112,7 +112,7 @@ HOOKS: tuple[Hook, ...] = (
             "loop",
             "transport",
         ),
-        "roadseg.wsguard.WebSocketGuard: subclassed (no deflate, size and fragment caps, pings)",
+        "roadseg.serve.wsguard.WebSocketGuard: subclassed (no deflate, size and fragment caps, pings)",
         "tests/integration/test_stream_live.py, tests/unit/test_stream_hostile.py",
     ),
     Hook(
@@ -120,7 +120,7 @@ HOOKS: tuple[Hook, ...] = (
         "0.54.0",
         "uvicorn.protocols.utils:ClientDisconnected",
         (),
-        "roadseg.wsguard.WebSocketGuard.send: raised for a send on a closing connection",
+        "roadseg.serve.wsguard.WebSocketGuard.send: raised for a send on a closing connection",
         "tests/integration/test_stream_live.py",
     ),
     Hook(
@@ -128,7 +128,7 @@ HOOKS: tuple[Hook, ...] = (
         "17.4",
         "websockets.server:ServerProtocol",
         ("extensions", "max_size", "logger", "fail", "data_to_send", "close_sent"),
-        "roadseg.wsguard.WebSocketGuard.__init__: replaces uvicorn's connection object",
+        "roadseg.serve.wsguard.WebSocketGuard.__init__: replaces uvicorn's connection object",
         "tests/integration/test_stream_live.py",
     ),
     Hook(
@@ -136,7 +136,7 @@ HOOKS: tuple[Hook, ...] = (
         "1.4.40",
         "bentoml._internal.server.http.instruments:HTTPTrafficMetricsMiddleware",
         ("__init__", "__call__"),
-        "roadseg.httpconn.install_http_guards: replaced by a route-labelled subclass",
+        "roadseg.serve.httpconn.install_http_guards: replaced by a route-labelled subclass",
         "tests/unit/test_hostile_http.py",
     ),
     Hook(
@@ -144,7 +144,7 @@ HOOKS: tuple[Hook, ...] = (
         "1.4.40",
         "bentoml._internal.server.http.instruments:RunnerTrafficMetricsMiddleware",
         ("__init__", "__call__"),
-        "roadseg.httpconn.install_http_guards: replaced by a route-labelled subclass",
+        "roadseg.serve.httpconn.install_http_guards: replaced by a route-labelled subclass",
         "tests/unit/test_hostile_http.py",
     ),
     Hook(
@@ -152,7 +152,7 @@ HOOKS: tuple[Hook, ...] = (
         "1.4.40",
         "bentoml._internal.container:construct_containerfile",
         (),
-        "roadseg.packaging.write_build_context: the Docker context `bentoml containerize` uses",
+        "roadseg.release.packaging.write_build_context: the Docker context `bentoml containerize` uses",
         "tests/integration/test_packaging.py",
     ),
     Hook(

@@ -32,7 +32,7 @@ def in_process_service(tmp: Path, params_edits: dict[str, str], api_key: str):
     (text replacements of params.yaml) and the API key; yields (client, model, spec)."""
     from starlette.testclient import TestClient
 
-    from roadseg.launcher import params_with, save_random_checkpoint
+    from roadseg.testing import params_with, save_random_checkpoint
 
     ckpt = tmp / "model.pt"
     model, spec = save_random_checkpoint(ckpt, base_channels=4, seed=0, epoch=3)

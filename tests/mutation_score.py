@@ -2,7 +2,7 @@
 
 Run inside mutmut's scratch copy after `mutmut run`:
 
-    python tests/mutation_score.py scope "roadseg/metrics.py roadseg/losses/*"   # before the run
+    python tests/mutation_score.py scope "roadseg/metrics/segmentation.py roadseg/losses/*"   # before the run
     python tests/mutation_score.py report                                         # after it
 
 `scope` narrows `[tool.mutmut] only_mutate` of the copy's pyproject.toml to the given globs (the

@@ -204,7 +204,7 @@ def demo(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     from rich.table import Table
 
     from roadseg.data.validation import DatasetError
-    from roadseg.steps import ValidationFailed, data_steps
+    from roadseg.pipeline.steps import ValidationFailed, data_steps
 
     p = get_params(params, set_)
     try:

@@ -24,7 +24,7 @@ def drift(
     set_: SetOpt = None,
 ) -> None:
     """Evidently drift report of served traffic vs the reference; exit 1 on drift."""
-    from roadseg.drift import check_drift, publish_gauges
+    from roadseg.monitor.drift import check_drift, publish_gauges
 
     p = get_params(params, set_)
     try:

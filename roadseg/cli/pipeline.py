@@ -42,7 +42,7 @@ def pipeline_compile(
     out: Annotated[Path, typer.Option("--out", help="IR file to write")] = IR_FILE,
 ) -> None:
     """Compile the training pipeline to its IR YAML (commit pipelines/training_pipeline.yaml)."""
-    from roadseg.pipeline import import_pipeline
+    from roadseg.pipeline.run import import_pipeline
 
     try:
         console.print(f"compiled pipeline: {import_pipeline().compile_pipeline(out)}")
@@ -68,8 +68,8 @@ def pipeline_run(
     set_: SetOpt = None,
 ) -> None:
     """Run the whole pipeline locally and print one row of scores per loss variant."""
-    from roadseg.pipeline import PipelineFailed, run_local
-    from roadseg.runs import parent_link
+    from roadseg.pipeline.run import PipelineFailed, run_local
+    from roadseg.release.runs import parent_link
     from roadseg.tracking import git_commit
 
     if not local:
@@ -131,7 +131,7 @@ def pipeline_submit(
     """Submit the compiled pipeline to Kubeflow Pipelines (kfp.Client); --schedule makes it recurring."""
     import kfp
 
-    from roadseg.pipeline import submit_pipeline
+    from roadseg.pipeline.run import submit_pipeline
     from roadseg.tracking import git_commit
 
     p = get_params(params, set_)
@@ -169,7 +169,7 @@ def register(
     set_: SetOpt = None,
 ) -> None:
     """Register the best trained variant in MLflow; `champion` moves only through the gates."""
-    from roadseg.steps import register_trained
+    from roadseg.pipeline.steps import register_trained
 
     p = get_params(params, set_)
     try:
@@ -193,7 +193,7 @@ def runs_compare(
     set_: SetOpt = None,
 ) -> None:
     """Print the comparison table of a pipeline run (default: the latest) from MLflow."""
-    from roadseg import runs
+    from roadseg.release import runs
     from roadseg.tracking import experiment_name
 
     if pipeline_run and parent:

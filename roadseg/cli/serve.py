@@ -59,8 +59,8 @@ def stream(
     codec: Annotated[str, typer.Option(help="frame encoding sent: jpeg or png")] = "jpeg",
 ) -> None:
     """Stream a video to `GET /stream` live; print frames/s, p50/p95 latency and drops."""
-    from roadseg.inputs import InputError
-    from roadseg.stream_client import stream_video
+    from roadseg.serve.inputs import InputError
+    from roadseg.serve.stream_client import stream_video
 
     if format not in ("mask", "color", "overlay") or codec.lower() not in ("jpeg", "png"):
         fail("--format must be mask, color or overlay; --codec jpeg or png", 2)
@@ -86,8 +86,8 @@ def package(
         bool, typer.Option(help="with --export: store the archive in the version's MLflow run")
     ] = False,
 ) -> None:
-    """Package one registered version into a self-contained Bento (roadseg/packaging.py)."""
-    from roadseg.packaging import PackagingError, package_model
+    """Package one registered version into a self-contained Bento (roadseg/release/packaging.py)."""
+    from roadseg.release.packaging import PackagingError, package_model
 
     try:
         r = package_model(model_uri, tracking_uri=tracking_uri(), export_dir=export,
@@ -107,7 +107,7 @@ def build_context(
     out: Annotated[Path, typer.Option(help="folder for the Docker build context")],
 ) -> None:
     """Write the Docker build context of a Bento (what the in-cluster BuildKit Job builds)."""
-    from roadseg.packaging import PackagingError, write_build_context
+    from roadseg.release.packaging import PackagingError, write_build_context
 
     try:
         dockerfile = write_build_context(archive, out, tracking_uri=tracking_uri())
@@ -124,7 +124,7 @@ def lineage(
     from rich.console import Console as StdoutConsole
     from rich.table import Table
 
-    from roadseg.lineage import lineage_rows
+    from roadseg.release.lineage import lineage_rows
 
     try:
         rows = lineage_rows(ref, tracking_uri=tracking_uri())

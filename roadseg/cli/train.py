@@ -42,7 +42,7 @@ def train(
     set_: SetOpt = None,
 ) -> None:
     """Train a model (tracked in MLflow at $MLFLOW_TRACKING_URI, default sqlite:///mlruns.db)."""
-    from roadseg.training import train_model
+    from roadseg.train.loop import train_model
 
     extra = [f"model.name={model}"] * bool(model) + [f"loss.name={loss}"] * bool(loss)
     p = get_params(params, [*(set_ or []), *extra])
@@ -90,7 +90,7 @@ def evaluate(
     """Score a model or a directory of prediction masks on a split (full resolution)."""
     from rich.console import Console as StdoutConsole
 
-    from roadseg.evaluation import evaluate_source, score_tables
+    from roadseg.evaluate.segmentation import evaluate_source, score_tables
 
     p = get_params(params, set_)
     if (model_uri is None) == (pred_dir is None):

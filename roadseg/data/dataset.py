@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from roadseg.config import AugmentParams, Params
 from roadseg.data import bdd100k
 from roadseg.data.bdd100k import Sample
-from roadseg.serving import normalize, resize_image, resize_mask
+from roadseg.data.transforms import normalize, resize_image, resize_mask
 
 REMAP_MARKER = "remap.json"
 CLASS_STATS = "class_stats.json"

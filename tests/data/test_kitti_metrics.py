@@ -10,9 +10,9 @@ from PIL import Image
 from torch import nn
 
 from roadseg.data.bdd100k import Sample
-from roadseg.kitti_evaluation import flat_kitti_scores, kitti_model_scores, road_probabilities
-from roadseg.kitti_metrics import maxf_score, quantize, road_histograms, road_scores
-from roadseg.serving import ModelSpec
+from roadseg.evaluate.kitti import flat_kitti_scores, kitti_model_scores, road_probabilities
+from roadseg.metrics.kitti import maxf_score, quantize, road_histograms, road_scores
+from roadseg.models.spec import ModelSpec
 
 # Road pixels at 8-bit values 230, 153, 51; not-road pixels at 178, 26 (0.7 and 0.1 round to
 # 178 and 26: np.rint rounds 178.5 to even, 25.5 to 26). Road at threshold k when value >= k:

@@ -59,12 +59,12 @@ def keyed_requests(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(scope="module")
 def reference(service):
-    """What the served version answers in-process (`roadseg.serving.predict`) for some pixels:
+    """What the served version answers in-process (`roadseg.inference.predict.predict`) for some pixels:
     every client's answer below is compared with it, pixel by pixel."""
     import mlflow
 
-    from roadseg.modelio import load_model
-    from roadseg.serving import predict
+    from roadseg.inference.predict import predict
+    from roadseg.models.io import load_model
 
     _, version, tmp = service
     previous = mlflow.get_tracking_uri()

@@ -22,7 +22,7 @@ from hostile_payloads import BATTERY, flat_png, png
 from PIL import Image
 from service_helpers import tree_rss_mb
 
-from roadseg.launcher import params_with, running_service, save_random_checkpoint
+from roadseg.testing import params_with, running_service, save_random_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 KEY = "hostile-live-key"

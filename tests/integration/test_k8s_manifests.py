@@ -465,7 +465,7 @@ def test_pipeline_components_pin_the_same_image() -> None:
 
 
 def test_service_port_probes_and_metrics_match_the_bento_service(rendered, params) -> None:
-    from roadseg.api import OPEN_PATHS
+    from roadseg.serve.api import OPEN_PATHS
 
     source = (REPO / "bento/service.py").read_text()
     port = int(re.search(r"http=\{\s*\"port\":\s*(\d+)", source).group(1))
@@ -533,7 +533,9 @@ def test_drift_cronjob_command_is_accepted_by_the_cli(rendered) -> None:
         == f"http://pushgateway:{_find(docs, 'Service', 'pushgateway')['spec']['ports'][0]['port']}"
     )
     assert ctx.params["reference"] == "<ROADSEG_MODEL_URI>"  # from roadseg-service-config
-    from roadseg.drift import PUSHGATEWAY_JOB  # the job `roadseg drift --pushgateway` pushes as
+    from roadseg.monitor.drift import (
+        PUSHGATEWAY_JOB,  # the job `roadseg drift --pushgateway` pushes as
+    )
 
     groups = _find(docs, "PrometheusRule", "roadseg")["spec"]["groups"]
     assert any(f'job="{PUSHGATEWAY_JOB}"' in r["expr"] for g in groups for r in g["rules"])
@@ -550,8 +552,8 @@ def test_ingress_body_limit_matches_the_service(rendered, params) -> None:
 
 
 def test_alerts_use_metrics_that_exist(rendered) -> None:
-    """Drift gauges are the ones `roadseg.drift` writes; service metrics use BentoML's namespace."""
-    from roadseg.drift import DriftResult, prometheus_text
+    """Drift gauges are the ones `roadseg.monitor.drift` writes; service metrics use BentoML's namespace."""
+    from roadseg.monitor.drift import DriftResult, prometheus_text
 
     text = prometheus_text(DriftResult(0.6, 0.5, {}, 10, 10), "3")
     written = set(re.findall(r"^# TYPE (\w+) ", text, flags=re.M))

@@ -23,8 +23,8 @@ import torch
 from mlflow import MlflowClient
 
 from roadseg.config import RegisterParams
-from roadseg.launcher import free_port
-from roadseg.registry import Candidate, download_reference_profile, register_best
+from roadseg.release.registry import Candidate, download_reference_profile, register_best
+from roadseg.testing import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

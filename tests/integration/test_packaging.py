@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadseg.launcher import free_port, register_random_model, running_service
+from roadseg.testing import free_port, register_random_model, running_service
 
 pytestmark = pytest.mark.slow
 ROADSEG = [sys.executable, "-m", "roadseg.cli"]
@@ -103,14 +103,16 @@ def _assert_bento_installs_the_lock(bento: Path) -> None:
     serve = read_lock(repo / "requirements/serve.txt")
     assert set(serve) <= set(built)
     for name, version in built.items():
-        assert lock.get(name) == version, f"the Bento installs {name}=={version}, lock {lock.get(name)}"
+        assert lock.get(name) == version, (
+            f"the Bento installs {name}=={version}, lock {lock.get(name)}"
+        )
     assert built["torch"].endswith("+cpu") and built["bentoml"] == lock["bentoml"]
     text = (bento / "env/python/requirements.txt").read_text()
     assert "download.pytorch.org/whl/cpu" in text + (bento / "bento.yaml").read_text()
 
 
 def test_package_refuses_a_uri_without_a_registry_entry(tmp_path) -> None:
-    from roadseg.packaging import PackagingError, resolve_version
+    from roadseg.release.packaging import PackagingError, resolve_version
 
     with pytest.raises(PackagingError, match="package a registered version"):
         resolve_version("runs:/abc/model", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")

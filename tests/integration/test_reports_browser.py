@@ -21,7 +21,7 @@ import pytest
 import test_ui_browser as ui
 
 from roadseg import reports
-from roadseg.launcher import free_port
+from roadseg.testing import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ARTIFACTS, REPO = ui.ARTIFACTS, ui.REPO
@@ -97,7 +97,7 @@ def test_data_docs_render_offline(
 
 
 def test_drift_report_renders_offline(assets: Path, browser, tmp_path: Path) -> None:
-    from roadseg.drift import build_reference_profile, run_drift_report
+    from roadseg.monitor.drift import build_reference_profile, run_drift_report
 
     rng = np.random.default_rng(0)
     ref = build_reference_profile([rng.integers(0, 255, (32, 48, 3), np.uint8) for _ in range(30)])

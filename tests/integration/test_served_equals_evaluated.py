@@ -34,7 +34,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from roadseg.data.bdd100k import list_pairs, read_image
-from roadseg.serving import encode_png, predict
+from roadseg.inference.predict import predict
+from roadseg.inference.render import encode_png
 
 KEY = "served-equals-evaluated"
 H = {"X-API-Key": KEY}
@@ -54,7 +55,7 @@ def setup(real_sample: Path, tmp_path_factory: pytest.TempPathFactory, service_a
     from starlette.testclient import TestClient
 
     from roadseg.cli import app
-    from roadseg.launcher import params_with, save_random_checkpoint
+    from roadseg.testing import params_with, save_random_checkpoint
 
     tmp = tmp_path_factory.mktemp("served-eval")
     ckpt = tmp / "model.pt"

@@ -27,7 +27,7 @@ from service_helpers import (  # noqa: F401 (fixtures)
     zipped,
 )
 
-from roadseg.launcher import params_with, register_random_model, running_service
+from roadseg.testing import params_with, register_random_model, running_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -128,7 +128,7 @@ def test_legacy_zip_upload_and_video(service) -> None:
         37,
     )
 
-    from roadseg.video import VideoWriter
+    from roadseg.serve.video import VideoWriter
 
     video = tmp / "clip.mp4"
     with VideoWriter(video, (64, 48), fps=5) as w:
@@ -170,7 +170,7 @@ def test_bad_inputs(service) -> None:
     check_error(zip_post(zipped({"../../evil.png": png()})), 400, "unsafe path")
     check_error(zip_post(zipped({"/abs/evil.png": png()})), 400, "unsafe path")
     assert not (tmp.parent / "evil.png").exists()
-    from roadseg.video import VideoWriter
+    from roadseg.serve.video import VideoWriter
 
     long_video = tmp / "long.mp4"
     with VideoWriter(long_video, (32, 32), fps=10) as w:
@@ -228,7 +228,7 @@ def test_api_key_and_still_serving(service) -> None:
 
 
 def test_streamlit_client_image_zip_and_video(service, keyed_requests, reference) -> None:  # noqa: F811
-    from roadseg.serving import colorize
+    from roadseg.inference.render import colorize
 
     client, _, tmp = service
     expect, spec = reference
@@ -272,7 +272,7 @@ def test_streamlit_client_image_zip_and_video(service, keyed_requests, reference
     for original_px, color_px in by_name.values():
         np.testing.assert_array_equal(color_px, colorize(expect(original_px).mask, spec.colors))
 
-    from roadseg.video import VideoWriter
+    from roadseg.serve.video import VideoWriter
 
     clip = tmp / "street.mp4"
     with VideoWriter(clip, (64, 48), fps=5) as w:
@@ -293,8 +293,8 @@ def test_streamlit_client_image_zip_and_video(service, keyed_requests, reference
     for data, name in videos:  # H.264 in MP4, what a browser's <video type="video/mp4"> plays
         out = tmp / f"check-{name}"
         out.write_bytes(data)
-        from roadseg.inputs import Limits
-        from roadseg.video import read_video
+        from roadseg.serve.inputs import Limits
+        from roadseg.serve.video import read_video
 
         info, frames = read_video(out, Limits())
         assert (info.width, info.height) == (64, 48) and sum(len(f) for f in frames) == 6
@@ -305,7 +305,7 @@ def test_readme_json_curl_and_multipart_json(service, tmp_path, reference) -> No
     import shutil
     import subprocess
 
-    from roadseg.serving import colorize
+    from roadseg.inference.render import colorize
 
     expect, spec = reference
     client, _, _ = service
@@ -370,7 +370,7 @@ def test_bentoml_python_clients(service, tmp_path, reference) -> None:  # noqa: 
 
     import bentoml
 
-    from roadseg.serving import colorize
+    from roadseg.inference.render import colorize
 
     client, version, _ = service
     expect, spec = reference

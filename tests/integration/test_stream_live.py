@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from roadseg.launcher import running_service
-from roadseg.serving import predict
-from roadseg.stream_client import stream_frames, video_frames
+from roadseg.inference.predict import predict
+from roadseg.serve.stream_client import stream_frames, video_frames
+from roadseg.testing import running_service
 
 # Imported at collection, not inside a test: after the CLI test, pytest's assertion rewriter
 # compiling this module raised CPython 3.11's "AST constructor recursion depth mismatch".
@@ -30,8 +30,8 @@ RSS_BOUND_MB = 250  # growth of the server's memory over each heavy case
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory):
-    from roadseg.launcher import params_with, save_random_checkpoint
-    from roadseg.video import VideoWriter
+    from roadseg.serve.video import VideoWriter
+    from roadseg.testing import params_with, save_random_checkpoint
 
     tmp = tmp_path_factory.mktemp("stream-live")
     ckpt = tmp / "model.pt"
@@ -56,7 +56,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
 
 def test_cli_streams_clip_and_writes_video(live) -> None:
     from roadseg.cli import app
-    from roadseg.video import read_video
+    from roadseg.serve.video import read_video
 
     url, _, _, clip, tmp = live
     out = tmp / "overlay.mp4"
@@ -64,7 +64,7 @@ def test_cli_streams_clip_and_writes_video(live) -> None:
     r = CliRunner().invoke(app, [*args, "--api-key", KEY])
     assert r.exit_code == 0, r.output
     assert f"{N_FRAMES}/{N_FRAMES} frames answered" in r.output and "dropped 0" in r.output
-    from roadseg.inputs import Limits
+    from roadseg.serve.inputs import Limits
 
     info, batches = read_video(out, Limits())
     assert (info.width, info.height) == (96, 64)
@@ -122,13 +122,13 @@ def test_flood_reports_drops_then_service_serves_others(live) -> None:
 
 
 def frames_png(frame: np.ndarray) -> bytes:
-    from roadseg.stream_client import encode_frame
+    from roadseg.serve.stream_client import encode_frame
 
     return encode_frame(frame, "PNG")
 
 
 # Hostile clients below the app: uvicorn's WebSocket protocol as `bentoml serve` runs it, with
-# roadseg.wsguard installed. Raw frames come from tests/integration/ws_raw.py.
+# roadseg.serve.wsguard installed. Raw frames come from tests/integration/ws_raw.py.
 
 
 def port_of(url: str) -> int:

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadseg.launcher import free_port
+from roadseg.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -142,7 +142,7 @@ def _fit_sky_over_road(model, spec) -> None:
     import torch
     import torch.nn.functional as F
 
-    from roadseg.serving import preprocess
+    from roadseg.inference.predict import preprocess
 
     torch.manual_seed(0)
     h, w = spec.image_size
@@ -169,9 +169,9 @@ def _register_tiny_model() -> None:
     from mlflow import MlflowClient
 
     from roadseg.config import load_params
-    from roadseg.modelio import log_model
     from roadseg.models import build_model
-    from roadseg.serving import ModelSpec
+    from roadseg.models.io import log_model
+    from roadseg.models.spec import ModelSpec
 
     params = load_params(
         REPO / "params.yaml", overrides=["train.image_size=[32,48]", "model.base_channels=4"]

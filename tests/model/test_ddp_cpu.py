@@ -14,9 +14,9 @@ import torch
 
 from roadseg.config import load_params
 from roadseg.data.dataset import build_dataset
-from roadseg.metrics import ConfusionMatrix
-from roadseg.modelio import build_from_spec, load_checkpoint
-from roadseg.serving import ModelSpec
+from roadseg.metrics.segmentation import ConfusionMatrix
+from roadseg.models.io import build_from_spec, load_checkpoint
+from roadseg.models.spec import ModelSpec
 
 pytestmark = pytest.mark.slow  # two processes starting torch: ~30 s on a loaded 2-core machine
 
@@ -28,7 +28,7 @@ DRIVER = textwrap.dedent(
     import sys
     import torch.distributed as dist
     from roadseg.config import load_params
-    from roadseg.training import train_model
+    from roadseg.train.loop import train_model
 
     data, ckpt = sys.argv[1], sys.argv[2]
     params = load_params(None, [*sys.argv[3:], f"train.checkpoint_dir={ckpt}"])

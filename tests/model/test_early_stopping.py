@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from roadseg import training
 from roadseg.config import load_params
-from roadseg.metrics import ConfusionMatrix
-from roadseg.modelio import load_checkpoint
-from roadseg.training import train_model
+from roadseg.metrics.segmentation import ConfusionMatrix
+from roadseg.models.io import load_checkpoint
+from roadseg.train import loop as training
+from roadseg.train.loop import train_model
 
 # val mIoU per epoch: best at epoch 2; epoch 4 only equals it (not a gain), so epochs 3, 4, 5 are
 # the three bad epochs of patience 3 and epoch 6 never runs.

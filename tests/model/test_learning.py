@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from roadseg.config import load_params
-from roadseg.training import train_model
+from roadseg.train.loop import train_model
 
 pytestmark = pytest.mark.slow
 

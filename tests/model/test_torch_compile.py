@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from roadseg.config import load_params
-from roadseg.modelio import load_checkpoint
-from roadseg.serving import predict
-from roadseg.training import train_model
+from roadseg.inference.predict import predict
+from roadseg.models.io import load_checkpoint
+from roadseg.train.loop import train_model
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def inductor() -> None:
 
 
 def test_compiled_model_predicts_what_eager_predicts(inductor) -> None:
-    from roadseg.launcher import random_unet
+    from roadseg.testing import random_unet
 
     torch._dynamo.reset()
     model, spec = random_unet(base_channels=4, seed=1)

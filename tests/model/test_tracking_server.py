@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from roadseg.config import load_params
-from roadseg.launcher import free_port
-from roadseg.training import train_model
+from roadseg.testing import free_port
+from roadseg.train.loop import train_model
 
 pytestmark = pytest.mark.slow
 

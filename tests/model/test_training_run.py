@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from roadseg.config import load_params
-from roadseg.evaluation import evaluate_model, evaluate_predictions
-from roadseg.launcher import free_port
-from roadseg.modelio import load_checkpoint, load_model
-from roadseg.training import train_model
+from roadseg.evaluate.segmentation import evaluate_model, evaluate_predictions
+from roadseg.models.io import load_checkpoint, load_model
+from roadseg.testing import free_port
+from roadseg.train.loop import train_model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import roadseg.pipeline
+import roadseg.pipeline.run
 from roadseg.cli import app
 from roadseg.cli.common import tracking_uri
 from roadseg.tracking import resolve_tracking_uri
@@ -43,9 +43,9 @@ def test_pipeline_run_local_honours_the_precedence(
 
     def fake_run_local(params, **kw):
         seen.update(kw)
-        raise roadseg.pipeline.PipelineFailed("stop here")
+        raise roadseg.pipeline.run.PipelineFailed("stop here")
 
-    monkeypatch.setattr(roadseg.pipeline, "run_local", fake_run_local)
+    monkeypatch.setattr(roadseg.pipeline.run, "run_local", fake_run_local)
     monkeypatch.chdir(tmp_path)
     if env is None:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from roadseg.config import load_params
-from roadseg.pipeline import PipelineFailed, ensure_experiment, run_local
+from roadseg.pipeline.run import PipelineFailed, ensure_experiment, run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -89,7 +89,7 @@ def test_best_variant_is_champion_with_drift_profile(store: tuple[Path, str], fi
     assert tags["drift_reference_profile"].endswith("drift/reference_profile.csv")
     files = client.list_artifacts(champion.run_id, "drift")
     assert [f.path for f in files] == ["drift/reference_profile.csv"]
-    from roadseg.registry import download_reference_profile
+    from roadseg.release.registry import download_reference_profile
 
     profile = download_reference_profile(NAME, "champion", tracking_uri=uri, dst=tmp / "profile")
     import pandas as pd
@@ -191,7 +191,7 @@ def test_metrics_grouped_per_class_and_curves_per_epoch(
 def test_parent_run_groups_the_variants(
     store: tuple[Path, str], first: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from roadseg import runs
+    from roadseg.release import runs
 
     _, uri = store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # load_table searches the default store

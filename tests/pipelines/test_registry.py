@@ -11,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 
 from roadseg.config import RegisterParams
-from roadseg.registry import (
+from roadseg.release.registry import (
     CHALLENGER,
     CHAMPION,
     PROFILE_TAG,

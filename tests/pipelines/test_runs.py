@@ -1,4 +1,4 @@
-"""Parent runs (`roadseg.runs`) and `roadseg runs compare` against a temporary SQLite store.
+"""Parent runs (`roadseg.release.runs`) and `roadseg runs compare` against a temporary SQLite store.
 
 Two hand-made variant runs stand in for a pipeline's training runs; the registration result is
 written by hand, so every number the table and chart show is known in advance. The whole
@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from roadseg import runs
 from roadseg.cli import app
+from roadseg.release import runs
 
 EXP = "runs-test"
 

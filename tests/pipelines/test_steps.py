@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from roadseg.steps import collect_candidates, fetch_dataset, step_params
+from roadseg.pipeline.steps import collect_candidates, fetch_dataset, step_params
 
 
 def test_step_params_checks_the_run_hash_and_adds_task_overrides() -> None:
@@ -52,16 +52,16 @@ def test_fetch_dataset_links_a_local_copy_and_digests_it(tmp_path: Path, params)
 def test_train_step_prefixes_its_lines_with_the_variant(monkeypatch, capsys) -> None:
     """Two variants of a local run train at once; each line says which one it belongs to, and
     the local run's log filter (`_TaskLog`) still passes the epoch lines on."""
-    import roadseg.training
+    import roadseg.train.loop
     from roadseg.config import load_params
-    from roadseg.pipeline import _TaskLog
-    from roadseg.steps import train_step
+    from roadseg.pipeline.run import _TaskLog
+    from roadseg.pipeline.steps import train_step
 
     def fake_train_model(params, data_dir, *, echo, **kw):
         echo("epoch 1/2: train loss 1.0000  val mIoU 0.1000  best 0.1000 (epoch 1)")
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(roadseg.training, "train_model", fake_train_model)
+    monkeypatch.setattr(roadseg.train.loop, "train_model", fake_train_model)
     with pytest.raises(RuntimeError, match="stop"):
         train_step("data", load_params(None, ["loss.name=ohem"]), tracking_uri="sqlite://")
     line = capsys.readouterr().out.strip()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from roadseg.batching import InferenceEngine
-from roadseg.serving import ModelSpec
+from roadseg.models.spec import ModelSpec
+from roadseg.serve.engine import InferenceEngine
 
 SPEC = ModelSpec(
     model_name="probe",
@@ -169,11 +169,11 @@ def test_round_robin_interleaves_requests_and_skips_cancelled():
 def test_the_inference_thread_runs_only_the_network(monkeypatch):
     """Resizing and the full-resolution masks run in the request's worker threads, beside the
     next forward pass; the model's thread does the forward pass alone, and the answers are
-    still `roadseg.serving.predict`'s."""
+    still `roadseg.inference.predict.predict`'s."""
     import threading
 
-    import roadseg.batching as batching
-    from roadseg.serving import predict
+    import roadseg.serve.engine as batching
+    from roadseg.inference.predict import predict
 
     threads: dict[str, set[str]] = {"prepare": set(), "postprocess": set(), "forward": set()}
 

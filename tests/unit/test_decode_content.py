@@ -1,4 +1,4 @@
-"""`roadseg.inputs.decode_image` returns the source pixels, in RGB order, for every accepted kind.
+"""`roadseg.serve.inputs.decode_image` returns the source pixels, in RGB order, for every accepted kind.
 
 Each source is an asymmetric colour chart (red, green, blue, grey patches, left/right and
 top/bottom different), so a channel swap, a mirror or a transpose changes the decoded array.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadseg.inputs import Limits, decode_image
+from roadseg.serve.inputs import Limits, decode_image
 
 LIMITS = Limits()
 

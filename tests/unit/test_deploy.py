@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from roadseg.deploy import (
+from roadseg.release.deploy import (
     KubeApi,
     KubeError,
     Target,

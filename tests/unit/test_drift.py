@@ -11,7 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from roadseg.data.bdd100k import list_pairs, read_image
-from roadseg.drift import (
+from roadseg.inference.predict import Prediction
+from roadseg.monitor.drift import (
     IMAGE_FEATURES,
     build_reference_profile,
     image_features,
@@ -21,8 +22,7 @@ from roadseg.drift import (
     save_profile,
     share_column,
 )
-from roadseg.monitoring import MonitorLog
-from roadseg.serving import Prediction
+from roadseg.monitor.log import MonitorLog
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_features_are_exact_float64_statistics_of_the_strided_grid() -> None:
     """The integer path equals the textbook float64 formulas on every 3rd pixel of a 1280x720
     frame (`FEATURE_MAX_SIDE` 512: the scale stored reference profiles were built at), and the
     service's split (grid on the request path, features off it) gives the same numbers."""
-    from roadseg.features import FEATURE_MAX_SIDE, feature_grid, grid_features
+    from roadseg.monitor.features import FEATURE_MAX_SIDE, feature_grid, grid_features
 
     img = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
     assert FEATURE_MAX_SIDE == 512 and feature_grid(img).shape == (240, 427, 3)
@@ -169,18 +169,18 @@ def test_profile_roundtrip_and_monitor_log(tmp_path: Path) -> None:
 
 
 def test_monitoring_features_need_neither_pandas_nor_evidently() -> None:
-    """The service computes `image_features` per request: `roadseg.features` (next to the
-    monitoring log) imports numpy only; the drift statistics stay in `roadseg.drift`."""
+    """The service computes `image_features` per request: `roadseg.monitor.features` (next to the
+    monitoring log) imports numpy only; the drift statistics stay in `roadseg.monitor.drift`."""
     import subprocess
     import sys
 
     code = (
         "import sys, numpy as np\n"
-        "from roadseg.features import image_features\n"
-        "from roadseg.monitoring import MonitorLog\n"
+        "from roadseg.monitor.features import image_features\n"
+        "from roadseg.monitor.log import MonitorLog\n"
         "image_features(np.zeros((8, 8, 3), np.uint8))\n"
         "print(sorted(m for m in ('pandas', 'evidently') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    assert image_features is __import__("roadseg.features").features.image_features
+    assert image_features is __import__("roadseg.monitor.features").monitor.features.image_features

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from roadseg.cli import app
-from roadseg.drift import IMAGE_FEATURES
-from roadseg.monitoring import MonitorLog
+from roadseg.monitor.drift import IMAGE_FEATURES
+from roadseg.monitor.log import MonitorLog
 
 FEATURES = list(IMAGE_FEATURES)
 
@@ -155,7 +155,7 @@ def test_bad_input_exits_2_with_one_line(case: str, message: str, reference: Pat
 
 
 def test_unreachable_pushgateway_exits_2(reference: Path, tmp_path: Path) -> None:
-    from roadseg.launcher import free_port
+    from roadseg.testing import free_port
 
     current = monitor_log(tmp_path / "monitoring", rows(30, seed=1))
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there

@@ -17,7 +17,7 @@ import zipfile
 import pytest
 from test_service_app import H, image_bytes, monkeypatch_module, served  # noqa: F401
 
-from roadseg.httpguard import (
+from roadseg.serve.httpguard import (
     KNOWN_ROUTES,
     UNKNOWN_ROUTE,
     GuardMiddleware,
@@ -25,7 +25,7 @@ from roadseg.httpguard import (
     _refusal,
     route_label,
 )
-from roadseg.inputs import Limits
+from roadseg.serve.inputs import Limits
 from tests.images import zip_bytes
 
 PNG = image_bytes(8, 8)[0]
@@ -354,7 +354,7 @@ def test_metric_labels_do_not_grow_with_random_paths(served):  # noqa: F811
 
 def test_known_routes_cover_every_route_of_the_service():
     from bento.service import RoadSegService
-    from roadseg.legacy import build_legacy_app
+    from roadseg.serve.legacy import build_legacy_app
 
     legacy = {getattr(r, "path", "") for r in build_legacy_app(lambda: None).routes}
     typed = {api.route for api in RoadSegService.apis.values()}
@@ -363,7 +363,7 @@ def test_known_routes_cover_every_route_of_the_service():
 
 
 def test_api_key_is_one_header_compared_in_constant_time():
-    from roadseg.api import ServingState
+    from roadseg.serve.api import ServingState
 
     state = ServingState(api_key="k")
     scope = lambda *h: {"path": "/segment", "headers": list(h)}  # noqa: E731
@@ -393,7 +393,7 @@ def test_part_counter_finds_boundaries_split_across_chunks():
 
 def _run_guard(app, messages, limits: Limits, *, gap: float = 0.0):
     """Drive GuardMiddleware(app) with `messages` (then silence); return (sent, seconds)."""
-    from roadseg.api import ServingState
+    from roadseg.serve.api import ServingState
 
     sent: list[dict] = []
     queue = list(messages)
@@ -469,7 +469,7 @@ def test_part_counter_reads_the_boundary_as_the_form_parser_does(ctype):
 
 
 def test_a_non_ascii_api_key_matches_its_utf8_header_only():
-    from roadseg.api import ServingState
+    from roadseg.serve.api import ServingState
 
     state = ServingState(api_key="clé-ü")
     scope = lambda v: {"path": "/segment", "headers": [(b"x-api-key", v)]}  # noqa: E731
@@ -549,7 +549,7 @@ def test_bodies_in_flight_share_one_memory_budget():
     40-byte bodies are being served under a 100-byte budget a third gets 429 (Retry-After, the
     connection closed), small and body-less requests still pass, and once the big ones are
     answered a big one is accepted again."""
-    from roadseg.api import ServingState
+    from roadseg.serve.api import ServingState
 
     limits = Limits(max_request_bytes=60, max_inflight_bytes=100)
     release = asyncio.Event()

@@ -1,6 +1,6 @@
 """Hostile and unusual uploads: each gets the right pixels or a JSON 4xx, never a 500.
 
-Decoder cases run on `roadseg.inputs.decode_image` directly; service cases go through the
+Decoder cases run on `roadseg.serve.inputs.decode_image` directly; service cases go through the
 in-process BentoML app of `test_service_app` and check that a good request still succeeds after.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageFile
 from test_service_app import H, image_bytes, monkeypatch_module, served  # noqa: F401
 
-from roadseg.inputs import (
+from roadseg.serve.inputs import (
     Budget,
     InputError,
     Limits,
@@ -271,7 +271,7 @@ def test_unusual_modes_give_the_mask_of_their_rgb_pixels(served, mode):  # noqa:
 def test_video_title_claiming_a_short_duration_is_caught_while_decoding(tmp_path):
     import imageio_ffmpeg
 
-    from roadseg.video import read_video
+    from roadseg.serve.video import read_video
 
     path = tmp_path / "liar.mp4"
     gen = imageio_ffmpeg.write_frames(
@@ -294,7 +294,7 @@ def test_video_title_claiming_a_short_duration_is_caught_while_decoding(tmp_path
 
 
 def test_frames_too_large_for_h264_are_refused_from_the_header():
-    from roadseg.video import VideoInfo, _problems
+    from roadseg.serve.video import VideoInfo, _problems
 
     problems = _problems(VideoInfo(25.0, 1.0, 20000, 2), Limits())
     assert problems and problems[0][:2] == (413, "too_large_for_h264")
@@ -458,7 +458,7 @@ def test_formats_pil_could_open_are_415_and_never_parsed(served, monkeypatch, fm
 
 
 def test_zip64_end_record_is_read_not_taken_for_65535_entries():
-    from roadseg.inputs import read_zip_images
+    from roadseg.serve.inputs import read_zip_images
     from tests.images import zip_bytes
 
     a, b = image_bytes(8, 8)[0], image_bytes(9, 8, seed=1)[0]
@@ -476,7 +476,7 @@ def test_zip64_end_record_is_read_not_taken_for_65535_entries():
 
 
 def test_base64_variants_clients_send():
-    from roadseg.inputs import decode_base64
+    from roadseg.serve.inputs import decode_base64
 
     png = image_bytes(8, 8)[0]
     std = base64.b64encode(png).decode()

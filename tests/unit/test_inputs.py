@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadseg.inputs import (
+from roadseg.serve.inputs import (
     InputError,
     Limits,
     decode_base64,
@@ -22,7 +22,7 @@ from roadseg.inputs import (
     read_zip_images,
     safe_member_name,
 )
-from roadseg.video import read_video, sniff_video
+from roadseg.serve.video import read_video, sniff_video
 
 LIMITS = Limits(max_image_pixels=100_000, max_zip_entries=4, max_zip_uncompressed_bytes=200_000)
 
@@ -174,7 +174,7 @@ def test_zip_corrupt_and_empty() -> None:
 
 
 def test_video_sniffing_and_limits(tmp_path) -> None:
-    from roadseg.video import VideoWriter
+    from roadseg.serve.video import VideoWriter
 
     with pytest.raises(InputError, match="not a video"):
         sniff_video(b"hello world, not a video", "clip.mp4")

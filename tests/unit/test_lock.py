@@ -156,7 +156,7 @@ def test_importing_the_service_needs_nothing_outside_serve_txt() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     files = [Path(f) for f in json.loads(out.stdout.splitlines()[-1])]
-    assert any(f.name == "serving.py" for f in files)
+    assert any(f.parts[-2:] == ("inference", "predict.py") for f in files)
     serve = set(read_lock(REQ / "serve.txt"))
     needed = {d: f for f in files for d in _third_party_imports(f)}
     outside = {f"{d} (imported by {needed[d].name})" for d in set(needed) - serve}
@@ -210,7 +210,7 @@ def test_venv_holds_exactly_the_lock(lock: dict[str, str]) -> None:
 
 def test_logged_models_record_the_locked_versions(lock: dict[str, str]) -> None:
     """An MLflow model's requirements are the lock's versions, torch without `+cpu`."""
-    from roadseg.modelio import pip_requirements
+    from roadseg.models.io import pip_requirements
 
     assert pip_requirements() == [
         f"torch=={Version(lock['torch']).public}",

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchmetrics.functional.classification as tmf
 
-from roadseg.metrics import (
+from roadseg.metrics.segmentation import (
     ConfusionMatrix,
     confusion_matrix,
     dice_score,

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from roadseg.metrics import (
+from roadseg.metrics.segmentation import (
     bdd100k_accuracy_score,
     bdd100k_mean_accuracy_score,
     confusion_matrix,

@@ -1,7 +1,7 @@
 """KITTI Road measures at their edges: no road, no not-road, ties, pooling, 8-bit inputs.
 
 tests/data/test_kitti_metrics.py works one histogram out by hand; these cases each pin a part of
-`roadseg.kitti_metrics` that a worked example with every count non-zero cannot see.
+`roadseg.metrics.kitti` that a worked example with every count non-zero cannot see.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roadseg.kitti_metrics import RoadScores, maxf_score, quantize, road_histograms
+from roadseg.metrics.kitti import RoadScores, maxf_score, quantize, road_histograms
 
 MEASURES = ("maxf", "ap", "precision", "recall", "fpr", "fnr", "threshold")
 

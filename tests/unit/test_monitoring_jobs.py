@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from roadseg.api import ServingState, record_features
-from roadseg.monitoring import BackgroundJobs, MonitorLog
-from roadseg.serving import Prediction
+from roadseg.inference.predict import Prediction
+from roadseg.monitor.log import BackgroundJobs, MonitorLog
+from roadseg.serve.api import ServingState, record_features
 
 
 def test_full_queue_drops_and_counts_without_blocking() -> None:

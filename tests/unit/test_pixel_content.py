@@ -15,17 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from roadseg.data.transforms import normalize, resize_image, resize_mask
+from roadseg.inference.predict import predict, preprocess
+from roadseg.inference.render import colorize, overlay
 from roadseg.models import build_model
-from roadseg.serving import (
-    ModelSpec,
-    colorize,
-    normalize,
-    overlay,
-    predict,
-    preprocess,
-    resize_image,
-    resize_mask,
-)
+from roadseg.models.spec import ModelSpec
 
 RGB = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)  # class k has colour RGB[k]
 
@@ -302,7 +296,7 @@ def test_png_is_lossless_and_written_at_zlib_level_1() -> None:
 
     from PIL import Image
 
-    from roadseg.serving import encode_png
+    from roadseg.inference.render import encode_png
 
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 14, (30, 40), dtype=np.uint8),
@@ -375,7 +369,7 @@ def test_spec_from_params_carries_every_field() -> None:
 
 
 def test_check_image_makes_grey_rgb_and_names_a_wrong_type() -> None:
-    from roadseg.serving import check_image
+    from roadseg.data.transforms import check_image
 
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
     rgb = check_image(grey)
@@ -422,7 +416,7 @@ def test_preprocess_of_nothing_says_so() -> None:
 
 
 def test_alpha_channels_are_dropped_and_empty_images_refused() -> None:
-    from roadseg.serving import check_image
+    from roadseg.data.transforms import check_image
 
     rgba = np.dstack([RGB[layout(6, 9)], np.full((6, 9), 7, np.uint8)])
     assert np.array_equal(check_image(rgba), RGB[layout(6, 9)])

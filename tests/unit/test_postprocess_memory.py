@@ -23,7 +23,8 @@ SCRIPT = """
 import json, sys
 import psutil, torch
 import torch.nn.functional as F
-from roadseg.serving import ModelSpec, postprocess
+from roadseg.models.spec import ModelSpec
+from roadseg.inference.predict import postprocess
 
 torch.set_num_threads(1)
 h, w = int(sys.argv[3]), int(sys.argv[4])

@@ -1,4 +1,4 @@
-"""`roadseg.serving.postprocess` (through `roadseg.upsampling`) equals the full-resolution reference.
+"""`roadseg.inference.predict.postprocess` (through `roadseg.inference.upsampling`) equals the full-resolution reference.
 
 The reference is the straightforward computation: upsample all logits bilinearly with
 `F.interpolate` (align_corners=False), softmax, max. Masks must agree on every pixel except
@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from roadseg import upsampling
-from roadseg.serving import ModelSpec, postprocess
+from roadseg.inference import upsampling
+from roadseg.inference.predict import postprocess
+from roadseg.models.spec import ModelSpec
 
 NAMES = ("road", "sidewalk", "car", "sky", "other")
 CONF_TOL = 0.01  # the documented accuracy of the sampled confidence (monitoring only)

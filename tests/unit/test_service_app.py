@@ -1,7 +1,7 @@
 """The BentoML service in-process (Starlette TestClient over `RoadSegService.to_asgi()`).
 
 A tiny random U-Net saved as a checkpoint is served; every route's pixels are compared with
-`roadseg.serving.predict` on the same decoded image, so a route that flips, crops, re-orders
+`roadseg.inference.predict.predict` on the same decoded image, so a route that flips, crops, re-orders
 channels or mixes up results between concurrent requests fails here, in seconds.
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadseg.serving import colorize, overlay, predict
+from roadseg.inference.predict import predict
+from roadseg.inference.render import colorize, overlay
 from tests.inprocess import in_process_service
 
 KEY = "in-process-key"
@@ -307,8 +308,8 @@ def kitti(served):
     swapped for the test (one BentoML app per process: its metrics are process-global)."""
     import bentoml
 
-    from roadseg.batching import InferenceEngine
-    from roadseg.launcher import random_unet
+    from roadseg.serve.engine import InferenceEngine
+    from roadseg.testing import random_unet
 
     client = served[0]
     client.get("/readyz")

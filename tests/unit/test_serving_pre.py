@@ -1,4 +1,4 @@
-"""Pre/post-processing shared by evaluation and serving (roadseg.serving)."""
+"""Pre/post-processing shared by evaluation and serving (roadseg.inference.predict)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from roadseg.serving import (
-    ModelSpec,
-    colorize,
-    encode_png,
-    overlay,
-    predict,
-    preprocess,
-    resize_mask,
-)
+from roadseg.data.transforms import resize_mask
+from roadseg.inference.predict import predict, preprocess
+from roadseg.inference.render import colorize, encode_png, overlay
+from roadseg.models.spec import ModelSpec
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """`GET /stream` in-process (Starlette TestClient over `RoadSegService.to_asgi()`).
 
 A tiny random U-Net is served (as in test_service_app.py); each answered frame's mask must equal
-`roadseg.serving.predict` on the same pixels, so a stream that answers the wrong frame, in the
+`roadseg.inference.predict.predict` on the same pixels, so a stream that answers the wrong frame, in the
 wrong order or at the wrong size fails here.
 """
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
-from roadseg.serving import colorize, overlay, predict
+from roadseg.inference.predict import predict
+from roadseg.inference.render import colorize, overlay
 from tests.inprocess import in_process_service
 from tests.unit.test_service_app import image_bytes, png_array
 

@@ -13,7 +13,7 @@ import pytest
 from roadseg.config import AugmentParams
 from roadseg.data.dataset import augment_pair, build_dataset, image_stats, list_split, source_kind
 from roadseg.tracking import content_hash, dataset_version, resolve_tracking_uri
-from roadseg.train_setup import lr_factor
+from roadseg.train.setup import lr_factor
 
 
 def test_lr_warms_up_then_decays_to_zero() -> None:

@@ -1,0 +1,1 @@
+"""Evaluation of a model on a split: segmentation measures, KITTI Road measures."""

@@ -1,0 +1,1 @@
+"""Inference shared by training figures, evaluation and serving: predict, upsample, render."""

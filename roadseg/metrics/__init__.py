@@ -1,0 +1,1 @@
+"""Metrics: segmentation scores from a confusion matrix, KITTI Road measures, score rows."""

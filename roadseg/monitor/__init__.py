@@ -1,0 +1,1 @@
+"""Monitoring: per-image features, the served-traffic log, drift reports."""

@@ -1,0 +1,1 @@
+"""The training pipeline: the steps its components run, compile, local run, submit."""

@@ -1,0 +1,1 @@
+"""Release: model registry, pipeline runs, packaging into a Bento, deployment, lineage."""

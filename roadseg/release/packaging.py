@@ -1,0 +1,360 @@
+"""Registry → Bento: package one registered MLflow version into a self-contained Bento.
+
+`package_model` resolves a `models:/` URI to exactly one registered version, imports it into the
+BentoML model store as `roadseg-unet` (weights, `model_spec.json`, the drift reference profile,
+lineage labels), builds the Bento from `bentofile.yaml` referencing exactly that model, tags the
+MLflow version `bento_tag`, and optionally exports the `.bento` archive::
+
+    roadseg package --model-uri models:/roadseg-unet@champion --export dist/
+    bentoml serve roadseg:<tag>          # no MLflow server needed: the model is in the Bento
+
+`load_packaged_model` is the other end: inside a served Bento (or given a BentoML model tag) it
+returns what `roadseg.models.io.load_model` returns, `(model, spec, info)`, with the lineage in
+`info`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from roadseg.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+BENTO_MODEL_NAME = "roadseg-unet"
+WEIGHTS_FILE = "weights.pt"
+SPEC_FILE = "model_spec.json"
+PROFILE_FILE = "drift/reference_profile.csv"
+BENTO_TAG = "bento_tag"  # MLflow model-version tags
+ARCHIVE_TAG = "bento_archive"
+# MLflow version tags copied into the BentoML model's labels (the registry step writes them).
+LINEAGE_TAGS = (
+    "loss",
+    "dataset_version",
+    "git_commit",
+    "params_hash",
+    "val_miou",
+    "pipeline_run_id",
+)
+REPO = Path(__file__).resolve().parents[2]
+
+
+class PackagingError(ValueError):
+    """A model URI that cannot be packaged, or a Bento without a roadseg model, with the reason."""
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One registered MLflow model version and the lineage tags it carries."""
+
+    name: str
+    version: str
+    run_id: str
+    model_id: str | None
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def labels(self) -> dict[str, str]:
+        """BentoML labels (strings only): the MLflow identity plus the lineage tags present."""
+        labels = {
+            "mlflow_model": self.name,
+            "mlflow_version": self.version,
+            "mlflow_run_id": self.run_id,
+            "mlflow_model_id": self.model_id or "",
+        }
+        return labels | {k: str(self.tags[k]) for k in LINEAGE_TAGS if k in self.tags}
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    bento_tag: str
+    model_tag: str
+    mlflow_name: str
+    mlflow_version: str
+    run_id: str
+    archive: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_version(uri: str, *, tracking_uri: str) -> RegisteredVersion:
+    """`models:/name@alias` or `models:/name/<version>` → the one registered version behind it.
+
+    Other URIs (runs:/, logged-model ids, checkpoints) have no registry entry to tag: refused.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    rest = uri.removeprefix("models:/") if uri.startswith("models:/") else None
+    if not rest or rest.startswith("m-"):
+        raise PackagingError(
+            f"{uri!r}: package a registered version, models:/name@alias or models:/name/<version>"
+        )
+    from roadseg.models.io import ModelLoadError, registered_version
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        mv = registered_version(client, uri)
+    except ModelLoadError as e:
+        raise PackagingError(str(e)) from e
+    except MlflowException as e:
+        raise PackagingError(f"{uri}: not in the registry at {tracking_uri} ({e.message})") from e
+    return RegisteredVersion(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        model_id=getattr(mv, "model_id", None),
+        tags=dict(mv.tags),
+    )
+
+
+def find_imported(version: RegisteredVersion) -> Any | None:
+    """The `roadseg-unet` model already imported from this MLflow version, if any."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        models = bentoml.models.list(BENTO_MODEL_NAME)
+    except NotFound:
+        return None
+    for m in sorted(models, key=lambda m: m.info.creation_time, reverse=True):
+        labels = m.info.labels
+        if (labels.get("mlflow_model"), labels.get("mlflow_version")) == (
+            version.name,
+            version.version,
+        ) and labels.get("mlflow_run_id") == version.run_id:
+            return m
+    return None
+
+
+def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
+    """Import the version into the BentoML model store (reused when already there); its tag.
+
+    The model directory holds the float32 state dict, `model_spec.json`, `lineage.json` and,
+    when the registry stored one, the drift reference profile; nothing in it needs MLflow.
+    """
+    import bentoml
+    import mlflow
+
+    from roadseg.models.io import load_model, unwrap
+    from roadseg.release.registry import PROFILE_TAG, download_reference_profile
+
+    existing = find_imported(version)
+    if existing is not None:
+        log.info("%s v%s is already %s", version.name, version.version, existing.tag)
+        return str(existing.tag)
+    mlflow.set_tracking_uri(tracking_uri)  # load_model resolves models:/ with it
+    model, spec, _ = load_model(version.uri)
+    labels = version.labels()
+    with tempfile.TemporaryDirectory() as tmp:
+        profile = None
+        if PROFILE_TAG in version.tags:
+            profile = download_reference_profile(
+                version.name, version.version, tracking_uri=tracking_uri, dst=tmp
+            )
+        else:
+            log.warning("%s v%s has no drift reference profile", version.name, version.version)
+        with bentoml.models.create(
+            BENTO_MODEL_NAME, labels=labels, metadata={"roadseg_spec": spec.to_dict()}
+        ) as bento_model:
+            state = {k: v.detach().float().cpu() for k, v in unwrap(model).state_dict().items()}
+            torch.save(state, bento_model.path_of(WEIGHTS_FILE))
+            Path(bento_model.path_of(SPEC_FILE)).write_text(json.dumps(spec.to_dict(), indent=2))
+            Path(bento_model.path_of("lineage.json")).write_text(json.dumps(labels, indent=2))
+            if profile is not None:
+                target = Path(bento_model.path_of(PROFILE_FILE))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(profile, target)
+    return str(bento_model.tag)
+
+
+def build_bento(
+    model_tag: str,
+    *,
+    labels: dict[str, str],
+    build_ctx: str | Path = REPO,
+    bentofile: str | Path | None = None,
+) -> str:
+    """Build the Bento of `bentofile.yaml` with exactly `model_tag` in its model store; its tag."""
+    import bentoml
+
+    ctx = Path(build_ctx)
+    config = yaml.safe_load(Path(bentofile or ctx / "bentofile.yaml").read_text())
+    if config.get("models"):
+        raise PackagingError("bentofile.yaml lists models; the package step chooses the model")
+    # The build resolves each listed tag as bentoml.models.BentoModel(tag) and copies exactly
+    # that model into the Bento's own model store.
+    config["models"] = [model_tag]
+    config["labels"] = {**config.get("labels", {}), **labels, "bento_model": model_tag}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "bentofile.yaml"
+        spec.write_text(yaml.safe_dump(config, sort_keys=False))
+        bento = bentoml.bentos.build_bentofile(str(spec), build_ctx=str(ctx))
+    return str(bento.tag)
+
+
+def package_model(
+    model_uri: str,
+    *,
+    tracking_uri: str,
+    export_dir: str | Path | None = None,
+    log_archive: bool = False,
+    build_ctx: str | Path = REPO,
+) -> PackageResult:
+    """Resolve → import → build → tag the MLflow version `bento_tag` → export (optional).
+
+    With `log_archive` (needs `export_dir`) the `.bento` is also stored in the version's MLflow
+    run under `bento/` and tagged `bento_archive`: the in-cluster image build downloads it.
+    """
+    import bentoml
+    from mlflow import MlflowClient
+
+    version = resolve_version(model_uri, tracking_uri=tracking_uri)
+    model_tag = import_version(version, tracking_uri=tracking_uri)
+    bento_tag = build_bento(model_tag, labels=version.labels(), build_ctx=build_ctx)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.set_model_version_tag(version.name, version.version, BENTO_TAG, bento_tag)
+    archive = None
+    if export_dir is not None:
+        out = Path(export_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        name = bento_tag.replace(":", "-") + ".bento"
+        archive = bentoml.bentos.export_bento(bento_tag, str(out / name))
+        if log_archive:
+            client.log_artifact(version.run_id, archive, "bento")
+            stored = f"runs:/{version.run_id}/bento/{name}"
+            client.set_model_version_tag(version.name, version.version, ARCHIVE_TAG, stored)
+    log.info("%s v%s packaged as Bento %s", version.name, version.version, bento_tag)
+    return PackageResult(bento_tag, model_tag, version.name, version.version, version.run_id,
+                         archive)  # fmt: skip
+
+
+def write_build_context(archive: str, out: str | Path, *, tracking_uri: str) -> Path:
+    """The Docker build context BentoML generates for a `.bento` (a path or an MLflow artifact
+    URI), written to `out`; returns its Dockerfile (`env/docker/Dockerfile`)."""
+    import bentoml
+    import mlflow
+    from bentoml._internal.container import construct_containerfile  # what containerize uses
+    from bentoml.exceptions import BentoMLException
+
+    local = archive
+    if not Path(archive).is_file():
+        local = mlflow.artifacts.download_artifacts(artifact_uri=archive, tracking_uri=tracking_uri)
+    try:
+        bento = bentoml.bentos.import_bento(local)
+    except BentoMLException as e:
+        raise PackagingError(f"{archive}: not an importable .bento archive ({e})") from e
+    with construct_containerfile(bento, enable_buildkit=True) as (context, _):
+        shutil.copytree(context, out, dirs_exist_ok=True)
+    return Path(out) / "env/docker/Dockerfile"
+
+
+# --- the serving side --------------------------------------------------------------------------
+
+
+def bento_of(path: str | Path) -> Path | None:
+    """The Bento directory holding `path` (a file of its `src/`), or None outside a Bento."""
+    for parent in Path(path).resolve().parents:
+        if (parent / "bento.yaml").is_file() and (parent / "src").is_dir():
+            return parent
+    return None
+
+
+def packaged_model_tag(bento_dir: str | Path) -> str:
+    """The `roadseg-unet` model tag a built Bento references (from its `bento.yaml`)."""
+    info = yaml.safe_load((Path(bento_dir) / "bento.yaml").read_text())
+    tags = [
+        m["tag"] if isinstance(m, dict) else str(m)
+        for m in info.get("models") or []
+        if str(m["tag"] if isinstance(m, dict) else m).split(":")[0] == BENTO_MODEL_NAME
+    ]
+    if len(tags) != 1:
+        raise PackagingError(f"{bento_dir}: expected one {BENTO_MODEL_NAME} model, found {tags}")
+    return tags[0]
+
+
+def bento_tag_of(bento_dir: str | Path) -> str:
+    info = yaml.safe_load((Path(bento_dir) / "bento.yaml").read_text())
+    return f"{info['name']}:{info['version']}"
+
+
+def load_packaged_model(
+    model_tag: str | None = None, *, bento_dir: str | Path | None = None
+) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """(model in eval mode on CPU, spec, info) from the BentoML model store, no MLflow needed.
+
+    Give the model tag, or the Bento directory (its referenced model is used). Inside a served
+    Bento, BentoML's model store is the Bento's own; else the global one under BENTOML_HOME.
+    `info` carries `source="bento"`, the MLflow `name`/`version`/`run_id`/`model_id`, the
+    `bento_model` tag, `bento_tag` (when loaded from a Bento) and every lineage label.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from roadseg.models.io import build_from_spec
+
+    if model_tag is None:
+        if bento_dir is None:
+            raise PackagingError("load_packaged_model needs a model tag or a Bento directory")
+        model_tag = packaged_model_tag(bento_dir)
+    try:
+        stored = bentoml.models.get(model_tag)
+    except NotFound as e:
+        raise PackagingError(f"BentoML model {model_tag} not found ({e})") from e
+    spec = ModelSpec.from_dict(json.loads(Path(stored.path_of(SPEC_FILE)).read_text()))
+    model = build_from_spec(spec)
+    model.load_state_dict(torch.load(stored.path_of(WEIGHTS_FILE), map_location="cpu",
+                                     weights_only=True))  # fmt: skip
+    labels = dict(stored.info.labels)
+    info: dict[str, Any] = {
+        "uri": f"bentoml:{stored.tag}",
+        "source": "bento",
+        "name": labels.get("mlflow_model") or BENTO_MODEL_NAME,
+        "version": labels.get("mlflow_version") or str(stored.tag.version),
+        "mlflow_version": labels.get("mlflow_version"),
+        "run_id": labels.get("mlflow_run_id") or None,
+        "model_id": labels.get("mlflow_model_id") or None,
+        "bento_model": str(stored.tag),
+        "bento_tag": bento_tag_of(bento_dir) if bento_dir is not None else None,
+        "lineage": labels,
+    }
+    if info["bento_tag"]:
+        # X-Model-Version and the monitoring log then name both the registry version and the Bento.
+        info["version"] = f"{info['version']}+{info['bento_tag']}"
+    profile = Path(stored.path_of(PROFILE_FILE))
+    info["reference_profile"] = str(profile) if profile.is_file() else None
+    return model.eval(), spec, info
+
+
+def create_packaged_engine(
+    bento_dir: str | Path, *, max_batch_size: int = 8, observer: Any = None, warm_up: bool = True
+) -> tuple[Any, dict[str, Any]]:
+    """`roadseg.serve.engine.create_engine` for the model packaged in a Bento: (engine, metadata).
+
+    The metadata adds `bento_tag`, `bento_model` and the MLflow `lineage` labels to the usual
+    name/version/run id, so `/metadata` shows where the served model came from.
+    """
+    from roadseg.serve.engine import InferenceEngine, model_metadata
+
+    model, spec, info = load_packaged_model(bento_dir=bento_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    engine = InferenceEngine(model, spec, info, device=device, max_batch_size=max_batch_size,
+                             observer=observer)  # fmt: skip
+    if warm_up:
+        engine.warm_up()
+    extra = {k: info[k] for k in ("bento_tag", "bento_model", "mlflow_version", "lineage")}
+    return engine, model_metadata(spec, info) | extra | {"device": str(engine.device)}

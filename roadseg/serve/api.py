@@ -1,0 +1,309 @@
+"""The serving core shared by the typed BentoML API (`bento/service.py`) and the legacy routes.
+
+`ServingState` lives on the service instance (never in a module global): the loaded engine, the
+limits, the monitoring log and the API key. Every route, typed or legacy, goes through
+`ServingState.infer`, i.e. one batching queue (`roadseg.serve.engine`), and renders through the same
+helpers, so all routes answer the same pixels. `roadseg.serve.httpguard.GuardMiddleware` wraps the
+whole BentoML app (API key, limits, timeouts, `X-Model-Version`). `SegmentRoutes` reads
+`/segment` requests (raw body, as `curl --data-binary @img.jpg`, or multipart `image`).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from roadseg.inference.predict import Prediction
+from roadseg.inference.render import colorize, encode_png, overlay
+from roadseg.monitor.log import BackgroundJobs, MonitorLog
+from roadseg.serve.engine import InferenceEngine
+from roadseg.serve.inputs import Budget, InputError, Limits, decode_image
+
+logger = logging.getLogger(__name__)
+
+# Probes, metrics and the API description stay open: clients read /schema.json to find methods.
+OPEN_PATHS = (
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/metrics",
+    "/health",
+    "/docs",
+    "/docs.json",
+    "/schema.json",
+)
+VERSION_HEADER = "X-Model-Version"
+# Header budget per request (431 beyond): generous for browsers and clients, small for attackers.
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
+Format = Literal["mask", "color", "overlay"]
+FORMATS = ("mask", "color", "overlay")
+
+
+def format_problem(fmt: str) -> str:
+    """What is wrong with a format not in FORMATS (bounded, ASCII: it may go into a close frame)."""
+    return f"unknown format {fmt[:40]!a} (mask, color or overlay)"
+
+
+# Images waiting for their monitoring row (each held as a <= 512x512x3 grid: <= 50 MB in all).
+MONITOR_QUEUE = 64
+
+
+@dataclass
+class ServingState:
+    """What the routes and the middleware share; filled in by the service at start-up."""
+
+    limits: Limits = field(default_factory=Limits)
+    engine: InferenceEngine | None = None
+    monitor: MonitorLog | None = None
+    api_key: str | None = None
+    overlay_alpha: float = 0.5
+    metadata: dict[str, Any] = field(default_factory=dict)
+    ui_dir: Path | None = None
+    # Monitoring rows are written off the response path (full queue: rows dropped, counted).
+    monitor_jobs: BackgroundJobs = field(default_factory=lambda: BackgroundJobs(MONITOR_QUEUE))
+
+    @property
+    def version(self) -> str:
+        return self.engine.version if self.engine is not None else "unloaded"
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.engine.ready
+
+    def require_engine(self) -> InferenceEngine:
+        if not self.ready:
+            raise HTTPException(503, "model is not loaded yet")
+        return self.engine
+
+    async def infer(self, images: list[np.ndarray]) -> list[Prediction]:
+        """The one inference path: the batching queue; the monitoring log is fed in the
+        background (a small copy of each image's pixels is all it keeps, see `record_features`)."""
+        if self.monitor is None:
+            return await self.require_engine().predict(images)
+        return await self.require_engine().predict(
+            images, then=functools.partial(record_features, self)
+        )
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Write the monitoring rows still queued (tests, shutdown); False on timeout."""
+        return self.monitor_jobs.flush(timeout)
+
+    def render(self, image: np.ndarray, pred: Prediction, fmt: str, codec: str = "PNG") -> bytes:
+        """Mask (class ids), colour mask or overlay, as PNG (or JPEG for the KITTI route)."""
+        colors = self.require_engine().spec.colors
+        if fmt == "mask":
+            array = pred.mask
+        elif fmt == "color":
+            array = colorize(pred.mask, colors)
+        elif fmt == "overlay":
+            array = overlay(image, pred.mask, colors, self.overlay_alpha)
+        else:
+            raise InputError(format_problem(fmt), 422, "bad_format")
+        return encode_image(array, codec, photo=fmt == "overlay")
+
+    async def segment(self, data: bytes, fmt: str) -> Response:
+        """`POST /segment` (raw body or the typed method's `image`): one image's PNG (class ids,
+        colour mask or overlay) at its own size, or a JSON error."""
+        try:
+            if fmt not in FORMATS:  # before any decoding or inference
+                raise InputError(format_problem(fmt), 422, "bad_format")
+            image = await run_in_threadpool(self.decode_one, data)
+            (pred,) = await self.infer([image])
+            png = await run_in_threadpool(self.render, image, pred, fmt)
+        except (InputError, HTTPException) as e:
+            return error_response(e)
+        return Response(png, media_type="image/png")
+
+    async def segment_json(self, data: bytes) -> JSONResponse:
+        """`POST /segment/json`: base64 PNG mask, class shares, confidence, version."""
+        try:
+            image = await run_in_threadpool(self.decode_one, data)
+            (pred,) = await self.infer([image])
+        except (InputError, HTTPException) as e:
+            return error_response(e)
+        return JSONResponse(await run_in_threadpool(self.json_result, image, pred))
+
+    def decode_one(self, data: bytes) -> np.ndarray:
+        return decode_image(data, self.limits, name="image", budget=Budget(self.limits))
+
+    def json_result(self, image: np.ndarray, pred: Prediction) -> dict[str, Any]:
+        """The `/segment/json` body."""
+        return {
+            "mask": base64.b64encode(encode_png(pred.mask)).decode(),
+            "width": image.shape[1],
+            "height": image.shape[0],
+            "class_shares": pred.class_shares,
+            "confidence": pred.confidence,
+            "model_version": self.version,
+        }
+
+
+def encode_image(array: np.ndarray, codec: str = "PNG", *, photo: bool = False) -> bytes:
+    if codec == "PNG":
+        return encode_png(array, photo=photo)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format=codec, quality=90)
+    return buf.getvalue()
+
+
+def record_features(state: ServingState, images: list[np.ndarray], preds: list[Prediction]) -> None:
+    """Queue one monitoring row per image; never blocks, never fails the request.
+
+    In the request's post-processing thread only the feature grid is taken (a strided uint8
+    copy, long side <= 512: ~0.3 ms for 720p) so neither the image nor the mask is held by the
+    queue; the features and the write run on the monitoring thread. Images too small for the features (< 3 px on a side)
+    or any other feature error only leave the row out, with a warning.
+    """
+    from roadseg.monitor.features import feature_grid
+
+    for im, p in zip(images, preds, strict=True):
+        try:
+            grid = feature_grid(im)
+        except Exception as e:
+            logger.warning("monitoring skipped a %sx%s image: %s", im.shape[1], im.shape[0], e)
+            continue
+        outcome = {"class_shares": p.class_shares, "confidence": p.confidence}
+        size = {"width": im.shape[1], "height": im.shape[0]}
+        state.monitor_jobs.submit(_write_row, state.monitor, state.version, grid, outcome, size)
+
+
+def _write_row(
+    monitor: MonitorLog, version: str, grid: np.ndarray, outcome: dict, size: dict
+) -> None:
+    from roadseg.monitor.features import grid_features
+
+    monitor.write([grid_features(grid, outcome) | size], model_version=version)
+
+
+def json_error(status: int, problem: str, detail: str) -> dict[str, Any]:
+    return {"error": problem, "detail": detail, "status": status}
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """A JSON 4xx/5xx body for an `InputError` or an `HTTPException`."""
+    if isinstance(exc, InputError):
+        return JSONResponse(exc.to_dict(), exc.status)
+    if isinstance(exc, HTTPException):
+        problem = {401: "unauthorized", 404: "not_found", 413: "too_large", 503: "not_ready"}
+        body = json_error(
+            exc.status_code, problem.get(exc.status_code, "bad_request"), str(exc.detail)
+        )
+        return JSONResponse(body, exc.status_code)
+    raise exc
+
+
+StateSource = ServingState | Callable[[], ServingState | None]
+
+
+def _resolve(source: StateSource) -> ServingState | None:
+    return source if isinstance(source, ServingState) else source()
+
+
+def _api_key(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(key, problem): the key from exactly one `X-API-Key` or `Authorization: Bearer` header.
+
+    The BentoML clients send `token=` as `Authorization: Bearer`; curl users send `X-API-Key`.
+    Two key headers are refused rather than guessing which one counts.
+    """
+    keys = [v for k, v in headers if k.lower() == b"x-api-key"]
+    bearer = [
+        v[7:].strip()
+        for k, v in headers
+        if k.lower() == b"authorization" and v[:7].lower() == b"bearer "
+    ]
+    given = keys + bearer
+    if len(given) > 1:
+        return None, "send the API key once (one X-API-Key or one Authorization: Bearer header)"
+    if not given:
+        return None, "missing or wrong X-API-Key header"
+    return given[0].decode("latin-1"), None
+
+
+SEGMENT_ROUTES = ("/segment", "/segment/json")
+
+
+class SegmentRoutes:
+    """HTTP requests to `POST /segment` and `/segment/json`, read here and answered through the
+    same `ServingState.segment` / `segment_json` as the typed BentoML methods (which define the
+    schema the BentoML clients read). The image comes as the raw body (`curl --data-binary`, the
+    earlier clients) or as the multipart field `image` (+ `format`; the BentoML clients, forms).
+
+    Read here rather than by BentoML because its typed-route parsing answers a multipart body
+    without `image` with a 500 and a logged traceback, and other mistakes with pydantic's error
+    list; a raw body also needs no multipart round trip, temporary file or pydantic model (a
+    third of the event loop's time per request on the serving hot path).
+    """
+
+    def __init__(self, app: Any, state: StateSource) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("path") not in SEGMENT_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            data, fmt = await _segment_input(request)
+        except ClientDisconnect:
+            return  # the guard answered (408, 413) or the client left
+        except InputError as e:
+            await error_response(e)(scope, receive, send)
+            return
+        state = _resolve(self.state)
+        if state is None:
+            response = JSONResponse(json_error(503, "unavailable", "model is not loaded yet"), 503)
+        elif scope["path"] == "/segment":
+            response = await state.segment(data, fmt or "mask")
+        else:
+            response = await state.segment_json(data)
+        await response(scope, receive, send)
+
+
+async def _segment_input(request: Request) -> tuple[bytes, str | None]:
+    """(image bytes, format) of a segment request: multipart `image` + `format`, or the body."""
+    ctype = request.headers.get("content-type", "").lower()
+    query = request.query_params.get("format")
+    if ctype.startswith("application/json"):
+        raise InputError("send the image as the raw body or as the multipart field `image`",
+                         415, "unsupported_media_type")  # fmt: skip
+    if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return await request.body(), query
+    try:
+        async with request.form(max_files=1, max_fields=4) as form:
+            images = form.getlist("image")
+            if len(images) != 1:
+                raise InputError(f"expected one multipart field `image`, got {len(images)}",
+                                 422, "missing_image")  # fmt: skip
+            image, fmt = images[0], form.get("format")
+            data = image.encode() if isinstance(image, str) else await image.read()
+    except (MultiPartException, HTTPException) as e:  # malformed, too many files or fields
+        detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e)
+        raise InputError(f"bad multipart body: {detail[:200]}", 400, "bad_multipart") from None
+    if fmt is not None and not isinstance(fmt, str):
+        raise InputError("`format` must be a text field", 422, "bad_format")
+    if fmt and fmt.startswith('"'):  # the BentoML clients send form fields JSON-encoded
+        with contextlib.suppress(ValueError, RecursionError):
+            decoded = json.loads(fmt)
+            fmt = decoded if isinstance(decoded, str) else fmt
+    return data, fmt or query

@@ -1,0 +1,272 @@
+"""Adaptive batching of concurrent requests onto one model (the serving hot path).
+
+Every endpoint submits its images to one `InferenceEngine`; a single worker takes what is queued
+(up to `max_batch_size` images, waiting at most `max_wait_ms` for more once the first arrives)
+and runs the model on it in one thread. While a batch runs, new requests queue up, so the batch
+size adapts to the load with no added latency when idle. The inference thread runs only the
+network: each request resizes its own images before it queues them and turns its logits into
+full-resolution masks after (`roadseg.inference.predict.prepare` / `postprocess`, in a worker thread), so
+that work runs beside the next forward pass instead of in front of it (the same pixels as
+`roadseg.inference.predict.predict`, which composes the same three steps). Batches are filled
+round robin, one image per waiting request in turn, so a 256-image ZIP cannot starve the
+single-image requests that arrive behind it.
+We batch here rather than with a `@bentoml.api(batchable=True)` method because BentoML only
+batches calls that arrive through its own HTTP routes, and the legacy multipart/ZIP/video
+endpoints live on a mounted FastAPI app; one queue serves them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from roadseg.inference.predict import Prediction, forward, postprocess, predict, prepare
+from roadseg.models.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+# (batch_size, seconds) after each forward pass, for metrics.
+Observer = Callable[[int, float], None]
+# (images, predictions) of one request, once its predictions are made.
+AfterHook = Callable[[Sequence[np.ndarray], list[Prediction]], None]
+
+
+class InferenceEngine:
+    """A loaded model behind an asyncio batching queue."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        info: dict[str, Any],
+        *,
+        device: str | torch.device = "cpu",
+        max_batch_size: int = 8,
+        max_wait_ms: float = 2.0,
+        observer: Observer | None = None,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.spec = spec
+        self.info = info
+        self.device = torch.device(device)
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.observer = observer
+        self.ready = False
+        # Requests with images still to infer, in turn order: one deque of (image, future) each.
+        self._requests: deque[deque] = deque()
+        self._preparing = 0  # requests resizing their images: they will queue them next
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        # One inference thread: the model is not re-entrant-safe on every backend and torch
+        # already parallelises inside an op.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roadseg-infer")
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("version") or "unknown")
+
+    def predict_now(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Synchronous batched prediction (no queue): warm-up, benchmarks, offline use."""
+        start = time.perf_counter()
+        out = predict(
+            self.model, list(images), self.spec, device=self.device, batch_size=self.max_batch_size
+        )
+        if self.observer is not None:
+            self.observer(len(images), time.perf_counter() - start)
+        return out
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]] = ((360, 640),)) -> None:
+        """Run dummy batches so the first request does not pay for lazy init; then mark ready."""
+        for h, w in sizes:
+            self.predict_now([np.zeros((h, w, 3), np.uint8)] * min(2, self.max_batch_size))
+        self.ready = True
+
+    async def predict(
+        self, images: Sequence[np.ndarray], then: AfterHook | None = None
+    ) -> list[Prediction]:
+        """Queue the images and wait for their predictions (same order). `then(images, preds)`
+        runs in the same worker thread once the predictions are made (monitoring), so it costs
+        the event loop nothing; if it raises, that is logged and the request still succeeds."""
+        if not images:
+            return []
+        self._preparing += 1
+        try:
+            inputs = await asyncio.to_thread(self._prepare, images)
+        finally:
+            self._preparing -= 1
+        logits = await self._queue(inputs)
+        return await asyncio.to_thread(self._postprocess, images, logits, then)
+
+    def _prepare(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        return [prepare(im, self.spec) for im in images]
+
+    def _postprocess(
+        self, images: Sequence[np.ndarray], logits: Sequence[torch.Tensor], then: AfterHook | None
+    ) -> list[Prediction]:
+        preds = [
+            postprocess(lg, im.shape[0], im.shape[1], self.spec)
+            for im, lg in zip(images, logits, strict=True)
+        ]
+        if then is not None:
+            try:
+                then(images, preds)
+            except Exception:  # monitoring must never fail a request
+                logger.exception("after-prediction hook failed")
+        return preds
+
+    async def _queue(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each prepared input's logits (C, h, w), through the batching worker."""
+        self._ensure_worker()
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in inputs]
+        self._requests.append(deque(zip(inputs, futures, strict=True)))
+        self._arrived.set()
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            # The request failed or its client went away (task cancelled): the worker skips
+            # cancelled futures, so the rest of this request's images are never computed.
+            for fut in futures:
+                fut.cancel()
+            raise
+
+    def _forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        start = time.perf_counter()
+        logits = forward(self.model, torch.stack(inputs), self.device)
+        if self.observer is not None:
+            self.observer(len(inputs), time.perf_counter() - start)
+        return logits
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._requests = deque()
+            self._arrived = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    def _take(self, n: int) -> list:
+        """Up to n queued images, one per waiting request in turn (round robin), so a request of
+        many images shares every batch with the requests that arrived after it instead of
+        holding the model until it is done. Cancelled images are dropped here."""
+        items: list = []
+        while self._requests and len(items) < n:
+            pending = self._requests.popleft()
+            while pending and pending[0][1].done():
+                pending.popleft()
+            if pending:
+                items.append(pending.popleft())
+            if pending:
+                self._requests.append(pending)
+        return items
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._requests:
+                self._arrived.clear()
+                await self._arrived.wait()
+            items = self._take(self.max_batch_size)
+            deadline = loop.time() + self.max_wait
+            # A short wait for more images once the first is in, while other requests are
+            # resizing theirs (about to queue): batches grow with the load, and a lone request
+            # (one stream, one client) runs at once.
+            while (
+                len(items) < self.max_batch_size
+                and self._preparing
+                and (remaining := deadline - loop.time()) > 0
+            ):
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                items += self._take(self.max_batch_size - len(items))
+            live = [(im, fut) for im, fut in items if not fut.done()]  # drop cancelled requests
+            if live:
+                await self._run_batch(loop, live)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, live: list) -> None:
+        """One forward pass for the batch; on failure, input by input, so that one bad input
+        fails only its own request and the worker keeps running."""
+        try:
+            logits = await loop.run_in_executor(self._executor, self._forward, [x for x, _ in live])
+        except Exception as e:
+            if len(live) > 1:
+                for item in live:
+                    if not item[1].done():
+                        await self._run_batch(loop, [item])
+                return
+            if not live[0][1].done():
+                live[0][1].set_exception(e)
+            return
+        for (_, fut), lg in zip(live, logits, strict=True):
+            if not fut.done():
+                fut.set_result(lg)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=False)
+
+
+def model_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, Any]:
+    """Name, version, run id and params hash of a loaded model (for `/metadata`)."""
+    digest = spec.extra.get("params_digest")
+    run_id = info.get("run_id")
+    if digest is None and run_id and info.get("source") == "mlflow":
+        try:
+            from mlflow import MlflowClient
+
+            digest = MlflowClient().get_run(run_id).data.params.get("params_digest")
+        except Exception:  # metadata is best effort; serving must not fail on it
+            digest = None
+    return {
+        "model_name": info.get("name") or spec.model_name,
+        "architecture": spec.model_name,
+        "version": str(info.get("version") or "unknown"),
+        "run_id": run_id,
+        "model_id": info.get("model_id"),
+        "model_uri": info.get("uri"),
+        "params_hash": digest,
+        "dataset": spec.dataset,
+        "num_classes": spec.num_classes,
+        "image_size": list(spec.image_size),
+        "loss": spec.extra.get("loss"),
+    }
+
+
+def create_engine(
+    model_uri: str,
+    *,
+    device: str | None = None,
+    max_batch_size: int = 8,
+    max_wait_ms: float = 2.0,
+    observer: Observer | None = None,
+    warm_up: bool = True,
+) -> tuple[InferenceEngine, dict[str, Any]]:
+    """Load a model (any URI `roadseg.models.io.load_model` takes), wrap it, warm it up.
+
+    Returns the engine and its metadata. The device defaults to CUDA when available.
+    """
+    from roadseg.models.io import load_model
+
+    model, spec, info = load_model(model_uri)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    engine = InferenceEngine(
+        model,
+        spec,
+        info,
+        device=device,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        observer=observer,
+    )
+    if warm_up:
+        engine.warm_up()
+    return engine, model_metadata(spec, info) | {"device": str(engine.device)}

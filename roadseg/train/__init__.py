@@ -1,0 +1,1 @@
+"""Training: the loop, its set-up and its checkpoint state."""

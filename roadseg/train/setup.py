@@ -1,0 +1,146 @@
+"""Training set-up: processes and device, data, model wrapping, optimiser and schedule.
+
+What `roadseg.train.loop.train_model` builds before its loop; each piece is a plain function so
+tests and benchmarks can build the same objects.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler, Subset
+
+from roadseg.config import Params
+from roadseg.data.dataset import build_dataset, build_loader, class_stats, image_stats, list_split
+from roadseg.losses import WEIGHTED_LOSSES, build_loss
+from roadseg.models.spec import ModelSpec
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up over `warmup` steps, then poly (power 0.9) or cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return (1 - t) ** 0.9 if schedule == "poly" else 0.5 * (1 + math.cos(math.pi * t))
+
+
+# --- set-up ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    """Processes and device: plain, or DDP under torchrun (which sets RANK/WORLD_SIZE)."""
+
+    device: torch.device
+    ddp: bool = False
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0  # only rank 0 logs and writes checkpoints
+
+    def autocast(self) -> AbstractContextManager:
+        # bf16 autocast on CUDA: no loss scaling needed, unlike fp16.
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def setup_runtime(device: str | torch.device | None = None) -> Runtime:
+    """Join the DDP process group when launched by torchrun; pick this rank's device."""
+    ddp = dist.is_available() and dist.is_torchelastic_launched()
+    rank, world = 0, 1
+    if ddp:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if device is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # free speed for the fp32 parts
+    return Runtime(device, ddp, rank, world)
+
+
+@dataclass
+class TrainData:
+    """The datasets and loaders of one training, with the spec their normalisation comes from."""
+
+    spec: ModelSpec
+    train_ds: Any
+    val_ds: Any
+    val_loader: Any
+    train_sampler: DistributedSampler | None
+    class_weights: torch.Tensor | None
+    steps_per_epoch: int
+    data_dir: Path
+    num_train: int
+    num_val: int
+
+
+def build_data(
+    params: Params, data_dir: Path, rt: Runtime, *, spec: ModelSpec | None = None
+) -> TrainData:
+    """Datasets, the validation loader (this rank's shard) and class weights.
+
+    `spec` is the resumed run's (its mean/std, so resuming changes nothing); without one, the
+    image statistics are computed over the training images.
+    """
+    tp = params.train
+    train_samples = list_split(data_dir, params, "train")
+    val_samples = list_split(data_dir, params, "val")
+    if spec is None:
+        mean, std = image_stats(train_samples)
+        spec = ModelSpec.from_params(params, mean=mean, std=std, loss=params.loss.name)
+    weights = None
+    if params.loss.name in WEIGHTED_LOSSES:
+        weights = torch.tensor(class_stats(data_dir, params, train_samples)["weights"])
+    norm = {"mean": list(spec.mean), "std": list(spec.std)}
+    train_ds = build_dataset(data_dir, params, "train", train=True, samples=train_samples, **norm)
+    val_ds = build_dataset(data_dir, params, "val", train=False, samples=val_samples, **norm)
+    # Validation is sharded without padding (DistributedSampler would repeat samples).
+    val_shard = Subset(val_ds, list(range(rt.rank, len(val_ds), rt.world)))
+    val_loader = build_loader(val_shard, batch_size=tp.batch_size,
+                              num_workers=params.data.num_workers, shuffle=False)  # fmt: skip
+    sampler = None
+    if rt.ddp:
+        sampler = DistributedSampler(train_ds, rt.world, rt.rank, shuffle=True, seed=tp.seed)
+    steps = math.ceil(len(sampler or train_ds) / tp.batch_size)
+    return TrainData(spec, train_ds, val_ds, val_loader, sampler, weights, steps, data_dir,
+                     len(train_samples), len(val_samples))  # fmt: skip
+
+
+def build_optimizer(model: torch.nn.Module, tp: Any, *, steps_per_epoch: int) -> tuple[Any, Any]:
+    """AdamW and its per-step schedule: linear warm-up, then poly or cosine decay."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    total, warmup = tp.epochs * steps_per_epoch, tp.warmup_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, tp.schedule)
+    )
+    return optimizer, scheduler
+
+
+def wrap_for_training(model: torch.nn.Module, rt: Runtime, *, compile_: bool) -> torch.nn.Module:
+    """The module the loop calls: DDP (with SyncBatchNorm on GPUs) and/or compiled; `model`
+    itself stays the plain module that is checkpointed and logged."""
+    net = model
+    if rt.ddp:
+        if rt.device.type == "cuda":  # batch statistics over the global batch, not each shard
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return torch.compile(net) if compile_ else net
+
+
+def build_loss_for(params: Params, weights: torch.Tensor | None) -> torch.nn.Module:
+    return build_loss(params.loss, num_classes=params.data.num_classes,
+                      ignore_index=params.data.ignore_index, class_weights=weights)  # fmt: skip
