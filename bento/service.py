@@ -87,21 +87,17 @@ class RoadSegService:
         # model source: ROADSEG_MODEL_URI (any MLflow URI or checkpoint) when set; else, served
         # from a built Bento, the model `roadseg package` put in it (no MLflow needed); else the
         # registry's champion (development: `bentoml serve bento.service:RoadSegService`).
-        from roadseg.release.packaging import bento_of, create_packaged_engine
+        from roadseg.models.bento import bento_of
 
         uri = os.environ.get("ROADSEG_MODEL_URI")
         bento_dir = None if uri else bento_of(__file__)
-        if bento_dir is not None:
-            engine, metadata = create_packaged_engine(
-                bento_dir, max_batch_size=params.serve.batch_size, observer=_observer()
-            )
-        else:
-            engine, metadata = create_engine(
-                uri or DEFAULT_MODEL_URI,
-                max_batch_size=params.serve.batch_size,
-                observer=_observer(),
-                warm_up=True,
-            )
+        engine, metadata = create_engine(
+            uri or (None if bento_dir else DEFAULT_MODEL_URI),
+            bento_dir=bento_dir,
+            max_batch_size=params.serve.batch_size,
+            observer=_observer(),
+            warm_up=True,
+        )
         self.state.engine, self.state.metadata = engine, metadata
         bentoml.metrics.Gauge(
             name="roadseg_model_info",

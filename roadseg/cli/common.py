@@ -103,7 +103,7 @@ def registration_table(result: dict) -> None:
     """The loss variants' scores side by side, with the registry's decision."""
     from rich.table import Table
 
-    from roadseg.pipeline.run import SCORE_COLUMNS, comparison_rows
+    from roadseg.release.runs import SCORE_COLUMNS, comparison_rows
 
     table = Table(title=f"{result['model_name']}: loss variants, full-resolution validation scores")
     for col in ("Loss", *(label for label, _ in SCORE_COLUMNS), "Registry", "MLflow run"):

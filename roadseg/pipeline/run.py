@@ -27,12 +27,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from roadseg.config import Params
 
-SCORE_COLUMNS = (
-    ("Pixel Accuracy", "pixel_accuracy"),
-    ("Mean Accuracy", "mean_accuracy"),
-    ("Mean IoU", "miou"),
-    ("Mean Dice", "mdice"),
-)
 # Service account of the pipeline pods (k8s/base/pipeline/serviceaccount.yaml).
 SERVICE_ACCOUNT = "roadseg-pipeline"
 
@@ -169,18 +163,6 @@ def run_local(
         except RuntimeError as e:
             raise PipelineFailed(f"{_plain(str(e))} Task logs: {log_path}") from None
     return json.loads(task.output)
-
-
-def comparison_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per loss variant: the four scores, the run id and whether it is the champion."""
-    rows = []
-    for c in result["candidates"]:
-        row = {"loss": c["loss"], "run_id": c["run_id"]}
-        row |= {label: c.get(key) for label, key in SCORE_COLUMNS}
-        row["registered"] = c["run_id"] == result["run_id"]
-        row["champion"] = row["registered"] and bool(result["promoted"])
-        rows.append(row)
-    return rows
 
 
 def cron_6_fields(expression: str) -> str:

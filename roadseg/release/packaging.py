@@ -8,9 +8,7 @@ MLflow version `bento_tag`, and optionally exports the `.bento` archive::
     roadseg package --model-uri models:/roadseg-unet@champion --export dist/
     bentoml serve roadseg:<tag>          # no MLflow server needed: the model is in the Bento
 
-`load_packaged_model` is the other end: inside a served Bento (or given a BentoML model tag) it
-returns what `roadseg.models.io.load_model` returns, `(model, spec, info)`, with the lineage in
-`info`.
+The format itself (file names, how a packaged model is read back) is `roadseg.models.bento`.
 """
 
 from __future__ import annotations
@@ -25,16 +23,17 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
 
-from roadseg.models.spec import ModelSpec
+from roadseg.models.bento import (
+    BENTO_MODEL_NAME,
+    PROFILE_FILE,
+    WEIGHTS_FILE,
+    PackagingError,
+)
+from roadseg.models.io import SPEC_FILE
 
 log = logging.getLogger(__name__)
 
-BENTO_MODEL_NAME = "roadseg-unet"
-WEIGHTS_FILE = "weights.pt"
-SPEC_FILE = "model_spec.json"
-PROFILE_FILE = "drift/reference_profile.csv"
 BENTO_TAG = "bento_tag"  # MLflow model-version tags
 ARCHIVE_TAG = "bento_archive"
 # MLflow version tags copied into the BentoML model's labels (the registry step writes them).
@@ -47,10 +46,6 @@ LINEAGE_TAGS = (
     "pipeline_run_id",
 )
 REPO = Path(__file__).resolve().parents[2]
-
-
-class PackagingError(ValueError):
-    """A model URI that cannot be packaged, or a Bento without a roadseg model, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -261,100 +256,3 @@ def write_build_context(archive: str, out: str | Path, *, tracking_uri: str) -> 
     with construct_containerfile(bento, enable_buildkit=True) as (context, _):
         shutil.copytree(context, out, dirs_exist_ok=True)
     return Path(out) / "env/docker/Dockerfile"
-
-
-# --- the serving side --------------------------------------------------------------------------
-
-
-def bento_of(path: str | Path) -> Path | None:
-    """The Bento directory holding `path` (a file of its `src/`), or None outside a Bento."""
-    for parent in Path(path).resolve().parents:
-        if (parent / "bento.yaml").is_file() and (parent / "src").is_dir():
-            return parent
-    return None
-
-
-def packaged_model_tag(bento_dir: str | Path) -> str:
-    """The `roadseg-unet` model tag a built Bento references (from its `bento.yaml`)."""
-    info = yaml.safe_load((Path(bento_dir) / "bento.yaml").read_text())
-    tags = [
-        m["tag"] if isinstance(m, dict) else str(m)
-        for m in info.get("models") or []
-        if str(m["tag"] if isinstance(m, dict) else m).split(":")[0] == BENTO_MODEL_NAME
-    ]
-    if len(tags) != 1:
-        raise PackagingError(f"{bento_dir}: expected one {BENTO_MODEL_NAME} model, found {tags}")
-    return tags[0]
-
-
-def bento_tag_of(bento_dir: str | Path) -> str:
-    info = yaml.safe_load((Path(bento_dir) / "bento.yaml").read_text())
-    return f"{info['name']}:{info['version']}"
-
-
-def load_packaged_model(
-    model_tag: str | None = None, *, bento_dir: str | Path | None = None
-) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """(model in eval mode on CPU, spec, info) from the BentoML model store, no MLflow needed.
-
-    Give the model tag, or the Bento directory (its referenced model is used). Inside a served
-    Bento, BentoML's model store is the Bento's own; else the global one under BENTOML_HOME.
-    `info` carries `source="bento"`, the MLflow `name`/`version`/`run_id`/`model_id`, the
-    `bento_model` tag, `bento_tag` (when loaded from a Bento) and every lineage label.
-    """
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    from roadseg.models.io import build_from_spec
-
-    if model_tag is None:
-        if bento_dir is None:
-            raise PackagingError("load_packaged_model needs a model tag or a Bento directory")
-        model_tag = packaged_model_tag(bento_dir)
-    try:
-        stored = bentoml.models.get(model_tag)
-    except NotFound as e:
-        raise PackagingError(f"BentoML model {model_tag} not found ({e})") from e
-    spec = ModelSpec.from_dict(json.loads(Path(stored.path_of(SPEC_FILE)).read_text()))
-    model = build_from_spec(spec)
-    model.load_state_dict(torch.load(stored.path_of(WEIGHTS_FILE), map_location="cpu",
-                                     weights_only=True))  # fmt: skip
-    labels = dict(stored.info.labels)
-    info: dict[str, Any] = {
-        "uri": f"bentoml:{stored.tag}",
-        "source": "bento",
-        "name": labels.get("mlflow_model") or BENTO_MODEL_NAME,
-        "version": labels.get("mlflow_version") or str(stored.tag.version),
-        "mlflow_version": labels.get("mlflow_version"),
-        "run_id": labels.get("mlflow_run_id") or None,
-        "model_id": labels.get("mlflow_model_id") or None,
-        "bento_model": str(stored.tag),
-        "bento_tag": bento_tag_of(bento_dir) if bento_dir is not None else None,
-        "lineage": labels,
-    }
-    if info["bento_tag"]:
-        # X-Model-Version and the monitoring log then name both the registry version and the Bento.
-        info["version"] = f"{info['version']}+{info['bento_tag']}"
-    profile = Path(stored.path_of(PROFILE_FILE))
-    info["reference_profile"] = str(profile) if profile.is_file() else None
-    return model.eval(), spec, info
-
-
-def create_packaged_engine(
-    bento_dir: str | Path, *, max_batch_size: int = 8, observer: Any = None, warm_up: bool = True
-) -> tuple[Any, dict[str, Any]]:
-    """`roadseg.serve.engine.create_engine` for the model packaged in a Bento: (engine, metadata).
-
-    The metadata adds `bento_tag`, `bento_model` and the MLflow `lineage` labels to the usual
-    name/version/run id, so `/metadata` shows where the served model came from.
-    """
-    from roadseg.serve.engine import InferenceEngine, model_metadata
-
-    model, spec, info = load_packaged_model(bento_dir=bento_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    engine = InferenceEngine(model, spec, info, device=device, max_batch_size=max_batch_size,
-                             observer=observer)  # fmt: skip
-    if warm_up:
-        engine.warm_up()
-    extra = {k: info[k] for k in ("bento_tag", "bento_model", "mlflow_version", "lineage")}
-    return engine, model_metadata(spec, info) | extra | {"device": str(engine.device)}

@@ -25,7 +25,6 @@ from urllib.parse import quote
 import pandas as pd
 
 from roadseg import tracking
-from roadseg.pipeline.run import SCORE_COLUMNS, comparison_rows
 
 ROLE_TAG, ROLE = "roadseg.role", "pipeline"
 PIPELINE_RUN_TAG = "roadseg.pipeline_run_id"
@@ -34,6 +33,25 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 COMPARISON_FILE = "comparison.json"
 CHART_FILE = "per_class_iou.png"
 DECISION_FILE = "registration.json"
+# The scores a comparison of loss variants shows: (column label, metric key).
+SCORE_COLUMNS = (
+    ("Pixel Accuracy", "pixel_accuracy"),
+    ("Mean Accuracy", "mean_accuracy"),
+    ("Mean IoU", "miou"),
+    ("Mean Dice", "mdice"),
+)
+
+
+def comparison_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per loss variant: the four scores, the run id and whether it is the champion."""
+    rows = []
+    for c in result["candidates"]:
+        row = {"loss": c["loss"], "run_id": c["run_id"]}
+        row |= {label: c.get(key) for label, key in SCORE_COLUMNS}
+        row["registered"] = c["run_id"] == result["run_id"]
+        row["champion"] = row["registered"] and bool(result["promoted"])
+        rows.append(row)
+    return rows
 
 
 def comparison_frame(result: Mapping[str, Any]) -> pd.DataFrame:

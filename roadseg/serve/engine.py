@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -242,21 +243,33 @@ def model_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_engine(
-    model_uri: str,
+    model_uri: str | None = None,
     *,
+    bento_dir: str | Path | None = None,
     device: str | None = None,
     max_batch_size: int = 8,
     max_wait_ms: float = 2.0,
     observer: Observer | None = None,
     warm_up: bool = True,
 ) -> tuple[InferenceEngine, dict[str, Any]]:
-    """Load a model (any URI `roadseg.models.io.load_model` takes), wrap it, warm it up.
-
-    Returns the engine and its metadata. The device defaults to CUDA when available.
+    """Load a model, wrap it, warm it up: from `model_uri` (any URI `roadseg.models.io.load_model`
+    takes), or else the model packaged in the Bento at `bento_dir` (`roadseg.models.bento`, no
+    MLflow). Returns the engine and its metadata; a packaged model's adds `bento_tag`,
+    `bento_model` and the MLflow `lineage` labels, so `/metadata` shows where it came from.
+    The device defaults to CUDA when available.
     """
-    from roadseg.models.io import load_model
+    if model_uri is not None:
+        from roadseg.models.io import load_model
 
-    model, spec, info = load_model(model_uri)
+        model, spec, info = load_model(model_uri)
+        extra: dict[str, Any] = {}
+    elif bento_dir is not None:
+        from roadseg.models.bento import load_packaged_model
+
+        model, spec, info = load_packaged_model(bento_dir=bento_dir)
+        extra = {k: info[k] for k in ("bento_tag", "bento_model", "mlflow_version", "lineage")}
+    else:
+        raise ValueError("create_engine needs a model URI or a Bento directory")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     engine = InferenceEngine(
         model,
@@ -269,4 +282,4 @@ def create_engine(
     )
     if warm_up:
         engine.warm_up()
-    return engine, model_metadata(spec, info) | {"device": str(engine.device)}
+    return engine, model_metadata(spec, info) | extra | {"device": str(engine.device)}

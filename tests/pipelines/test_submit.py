@@ -14,7 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from roadseg.cli import app
-from roadseg.pipeline.run import comparison_rows, cron_6_fields, submit_pipeline
+from roadseg.pipeline.run import cron_6_fields, submit_pipeline
+from roadseg.release.runs import comparison_rows
 
 REPO = Path(__file__).resolve().parents[2]
 IR = REPO / "pipelines/training_pipeline.yaml"
