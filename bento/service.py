@@ -68,8 +68,8 @@ class RoadSegService:
     def __init__(self) -> None:
         from roadseg.config import load_params
         from roadseg.monitor.log import MonitorLog
+        from roadseg.serve.decoding import Limits
         from roadseg.serve.engine import create_engine
-        from roadseg.serve.inputs import Limits
 
         params = load_params(os.environ.get("ROADSEG_PARAMS") or None)
         self.state = ServingState(

@@ -59,7 +59,7 @@ def stream(
     codec: Annotated[str, typer.Option(help="frame encoding sent: jpeg or png")] = "jpeg",
 ) -> None:
     """Stream a video to `GET /stream` live; print frames/s, p50/p95 latency and drops."""
-    from roadseg.serve.inputs import InputError
+    from roadseg.serve.errors import InputError
     from roadseg.serve.stream_client import stream_video
 
     if format not in ("mask", "color", "overlay") or codec.lower() not in ("jpeg", "png"):

@@ -45,19 +45,20 @@ class _Job:
     ignore_index: int
 
 
-def _size_of(path: Path) -> int | None:
+def size_of(path: Path) -> int | None:
+    """The size of a file in bytes, or None when it cannot be read."""
     try:
         return path.stat().st_size
     except OSError:
         return None
 
 
-def _describe(error: Exception, path: Path) -> str:
+def describe_problem(error: Exception, path: Path) -> str:
     """The decoder's complaint without the path, which the report already names."""
     return f"{type(error).__name__}: {str(error).replace(str(path), path.name)}"
 
 
-def _inspect_image(path: Path) -> dict:
+def inspect_image(path: Path) -> dict:
     """Decode an image fully; a corrupt or truncated file becomes `image_error`."""
     out: dict = {"image_decodes": False}
     try:
@@ -71,7 +72,7 @@ def _inspect_image(path: Path) -> dict:
         out["image_decodes"] = True
         out["image_size"] = f"{out['image_width']}x{out['image_height']}"
     except Exception as e:
-        out["image_error"] = _describe(e, path)
+        out["image_error"] = describe_problem(e, path)
     return out
 
 
@@ -90,7 +91,7 @@ def _inspect_label(path: Path, ignore_index: int) -> dict:
             label_channels=1 if arr.ndim == 2 else arr.shape[2],
         )
     except Exception as e:
-        out["label_error"] = _describe(e, path)
+        out["label_error"] = describe_problem(e, path)
         return out
     if out["label_mode"] not in ("L", "P"):
         return out  # ids are meaningless for RGB or 16-bit labels; the mode rule reports them
@@ -123,13 +124,13 @@ def inspect_pair(job: _Job) -> dict:
     saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         if job.image is not None:
-            row["image_bytes"] = _size_of(root / job.image)
+            row["image_bytes"] = size_of(root / job.image)
             if row["image_bytes"] == 0:
                 row["image_error"] = "zero-byte file"
             else:
-                row.update(_inspect_image(root / job.image))
+                row.update(inspect_image(root / job.image))
         if job.label is not None:
-            row["label_bytes"] = _size_of(root / job.label)
+            row["label_bytes"] = size_of(root / job.label)
             if row["label_bytes"] == 0:
                 row["label_error"] = "zero-byte file"
             else:

@@ -22,7 +22,7 @@ from PIL import Image, ImageFile
 
 from roadseg.data import kitti
 from roadseg.data.bdd100k import IMAGE_SUFFIXES
-from roadseg.data.inventory import _describe, _inspect_image, _size_of
+from roadseg.data.inventory import describe_problem, inspect_image, size_of
 
 KITTI_RULES = {
     "split_not_empty": "training/image_2 holds at least one image",
@@ -58,7 +58,7 @@ def _inspect_gt(path: Path) -> dict:
             rgb = np.asarray(im.convert("RGB")).reshape(-1, 3).astype(np.int64)
             out["label_size"] = f"{im.width}x{im.height}"
     except Exception as e:
-        out["label_error"] = _describe(e, path)
+        out["label_error"] = describe_problem(e, path)
         return out
     codes = np.unique(rgb @ np.array([65536, 256, 1]))
     foreign = np.setdiff1d(codes, _DEFINED @ np.array([65536, 256, 1]))
@@ -79,10 +79,10 @@ def _inspect(job: tuple[str, str, str, str | None, str | None]) -> dict:
            "has_image": image is not None, "has_label": label is not None}  # fmt: skip
     saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-        for key, rel, inspect in (("image", image, _inspect_image), ("label", label, _inspect_gt)):
+        for key, rel, inspect in (("image", image, inspect_image), ("label", label, _inspect_gt)):
             if rel is None:
                 continue
-            row[f"{key}_bytes"] = _size_of(Path(root) / rel)
+            row[f"{key}_bytes"] = size_of(Path(root) / rel)
             if row[f"{key}_bytes"] == 0:
                 row[f"{key}_error"] = "zero-byte file"
             else:

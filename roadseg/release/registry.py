@@ -175,7 +175,7 @@ def register_best(
         source,
         run_id=best.run_id,
         tags=version_tags,
-        description=_describe(best, cands, version_tags),
+        description=describe_problem(best, cands, version_tags),
         model_id=model_id,
     )
     version = str(mv.version)
@@ -314,7 +314,7 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
 
 
-def _describe(best: Candidate, cands: Sequence[Candidate], tags: Mapping[str, str]) -> str:
+def describe_problem(best: Candidate, cands: Sequence[Candidate], tags: Mapping[str, str]) -> str:
     others = ", ".join(f"{c.loss}={c.miou:.4f}" for c in cands)
     return (
         f"U-Net trained with the {best.loss} loss: best val mIoU {best.miou:.4f} among {others}. "

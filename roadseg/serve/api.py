@@ -31,8 +31,9 @@ from starlette.responses import JSONResponse, Response
 from roadseg.inference.predict import Prediction
 from roadseg.inference.render import colorize, encode_png, overlay
 from roadseg.monitor.log import BackgroundJobs, MonitorLog
+from roadseg.serve.decoding import Budget, Limits, decode_image
 from roadseg.serve.engine import InferenceEngine
-from roadseg.serve.inputs import Budget, InputError, Limits, decode_image
+from roadseg.serve.errors import InputError, error_response, problem_body
 
 logger = logging.getLogger(__name__)
 
@@ -193,48 +194,11 @@ def _write_row(
     monitor.write([grid_features(grid, outcome) | size], model_version=version)
 
 
-def json_error(status: int, problem: str, detail: str) -> dict[str, Any]:
-    return {"error": problem, "detail": detail, "status": status}
-
-
-def error_response(exc: Exception) -> JSONResponse:
-    """A JSON 4xx/5xx body for an `InputError` or an `HTTPException`."""
-    if isinstance(exc, InputError):
-        return JSONResponse(exc.to_dict(), exc.status)
-    if isinstance(exc, HTTPException):
-        problem = {401: "unauthorized", 404: "not_found", 413: "too_large", 503: "not_ready"}
-        body = json_error(
-            exc.status_code, problem.get(exc.status_code, "bad_request"), str(exc.detail)
-        )
-        return JSONResponse(body, exc.status_code)
-    raise exc
-
-
 StateSource = ServingState | Callable[[], ServingState | None]
 
 
-def _resolve(source: StateSource) -> ServingState | None:
+def resolve_state(source: StateSource) -> ServingState | None:
     return source if isinstance(source, ServingState) else source()
-
-
-def _api_key(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
-    """(key, problem): the key from exactly one `X-API-Key` or `Authorization: Bearer` header.
-
-    The BentoML clients send `token=` as `Authorization: Bearer`; curl users send `X-API-Key`.
-    Two key headers are refused rather than guessing which one counts.
-    """
-    keys = [v for k, v in headers if k.lower() == b"x-api-key"]
-    bearer = [
-        v[7:].strip()
-        for k, v in headers
-        if k.lower() == b"authorization" and v[:7].lower() == b"bearer "
-    ]
-    given = keys + bearer
-    if len(given) > 1:
-        return None, "send the API key once (one X-API-Key or one Authorization: Bearer header)"
-    if not given:
-        return None, "missing or wrong X-API-Key header"
-    return given[0].decode("latin-1"), None
 
 
 SEGMENT_ROUTES = ("/segment", "/segment/json")
@@ -270,9 +234,11 @@ class SegmentRoutes:
         except InputError as e:
             await error_response(e)(scope, receive, send)
             return
-        state = _resolve(self.state)
+        state = resolve_state(self.state)
         if state is None:
-            response = JSONResponse(json_error(503, "unavailable", "model is not loaded yet"), 503)
+            response = JSONResponse(
+                problem_body(503, "unavailable", "model is not loaded yet"), 503
+            )
         elif scope["path"] == "/segment":
             response = await state.segment(data, fmt or "mask")
         else:

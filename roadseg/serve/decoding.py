@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from roadseg.serve.errors import InputError
+
 IMAGE_FORMATS = ("JPEG", "PNG", "MPO")  # MPO: camera JPEGs; the first frame is used
 # The only PIL plugins that ever see the bytes (PIL's JPEG opener also yields MPO).
 OPEN_FORMATS = ("JPEG", "PNG")
@@ -41,18 +43,6 @@ JPEG_MAX_SIDE = 65500  # the largest width or height a JPEG can encode
 JPEG_MAX_PIXELS_PER_BYTE = 1024
 PNG_MAX_PIXELS_PER_BYTE = 16384
 PNG_MIN_CHUNKS = 1000
-
-
-class InputError(ValueError):
-    """A client-side problem with a request: `status` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400, problem: str = "bad_input") -> None:
-        super().__init__(message)
-        self.status = status
-        self.problem = problem
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"error": self.problem, "detail": str(self), "status": self.status}
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,9 @@ def route_label(path: str) -> str:
 
 def raw_http_error(status: int, reason: str, problem: str, detail: str) -> bytes:
     """A complete `Connection: close` HTTP/1.1 answer with a JSON body, for the protocol layer."""
-    body = json.dumps({"error": problem, "detail": detail, "status": status}).encode()
+    from roadseg.serve.errors import problem_body
+
+    body = json.dumps(problem_body(status, problem, detail)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"

@@ -23,11 +23,10 @@ from roadseg.serve.api import (
     OPEN_PATHS,
     ServingState,
     StateSource,
-    _api_key,
-    _resolve,
-    error_response,
-    json_error,
+    resolve_state,
 )
+from roadseg.serve.auth import read_api_key
+from roadseg.serve.errors import error_response, problem_body
 from roadseg.serve.httpconn import (
     KNOWN_ROUTES,
     UNKNOWN_ROUTE,
@@ -66,7 +65,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = _resolve(self.state) or ServingState()
+        state = resolve_state(self.state) or ServingState()
         exchange = Exchange(scope, receive, send, state.limits, state.version.encode())
         refusal = _refusal(scope, state)
         weight = _body_weight(scope, state.limits)
@@ -107,7 +106,7 @@ def _refusal(scope: dict, state: ServingState) -> tuple[int, str, str] | None:
         )
         return 431, "headers_too_large", detail
     if state.api_key and not (path in OPEN_PATHS or path.startswith("/ui")):
-        given, problem = _api_key(raw)
+        given, problem = read_api_key(raw)
         # the header's own bytes (latin-1 is how they were decoded) against the key's UTF-8
         if given is None or not hmac.compare_digest(
             given.encode("latin-1"), state.api_key.encode("utf-8")
@@ -205,7 +204,7 @@ class Exchange:
             headers = {"connection": "close"} if status in (408, 413, 429) else {}
             if status == 429:
                 headers["retry-after"] = "1"
-            await JSONResponse(json_error(status, problem, detail), status, headers=headers)(
+            await JSONResponse(problem_body(status, problem, detail), status, headers=headers)(
                 self.scope, self._receive, self.send
             )
         self.answered = True

@@ -22,33 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from roadseg.serve.decoding import (
-    JPEG_MAX_SIDE,
-    Budget,
-    InputError,
-    Limits,
-    Probe,
-    decode_image,
-    probe_image,
-)
+from roadseg.serve.decoding import Budget, Limits, Probe, probe_image
+from roadseg.serve.errors import InputError
 
-__all__ = [
-    "JPEG_MAX_SIDE",
-    "Budget",
-    "InputError",
-    "Limits",
-    "Probe",
-    "check_zip_directory",
-    "decode_base64",
-    "decode_image",
-    "parse_predict_json",
-    "probe_image",
-    "probe_predict_json",
-    "probe_uploads",
-    "read_uploads",
-    "read_zip_images",
-    "safe_filename",
-]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 ZIP_END = b"PK\x05\x06"

@@ -33,18 +33,10 @@ from starlette.exceptions import HTTPException
 
 from roadseg.inference.predict import Prediction
 from roadseg.inference.render import colorize, encode_png
-from roadseg.serve.api import ServingState, encode_image, error_response
-from roadseg.serve.inputs import (
-    JPEG_MAX_SIDE,
-    Budget,
-    InputError,
-    Limits,
-    Probe,
-    probe_image,
-    probe_predict_json,
-    probe_uploads,
-    safe_filename,
-)
+from roadseg.serve.api import ServingState, encode_image
+from roadseg.serve.decoding import JPEG_MAX_SIDE, Budget, Limits, Probe, probe_image
+from roadseg.serve.errors import InputError, error_response, problem_body
+from roadseg.serve.inputs import probe_predict_json, probe_uploads, safe_filename
 from roadseg.serve.stream import register_stream
 from roadseg.serve.video import segment_video
 
@@ -106,7 +98,7 @@ def validation_error(exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 as our JSON error body, naming the fields only (never echoing input)."""
     fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
     detail = f"invalid or missing request field(s): {', '.join(fields)[:300]}"
-    return JSONResponse({"error": "bad_request", "detail": detail, "status": 422}, 422)
+    return JSONResponse(problem_body(422, "bad_request", detail), 422)
 
 
 def image_routes(get_state: StateGetter) -> APIRouter:

@@ -40,8 +40,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from roadseg.serve.api import FORMATS, ServingState, format_problem
-from roadseg.serve.inputs import InputError, Limits, decode_image
-from roadseg.serve.stream_auth import POLICY, TRY_LATER, StreamClosed, _authenticate
+from roadseg.serve.decoding import Limits, decode_image
+from roadseg.serve.errors import InputError
+from roadseg.serve.stream_auth import POLICY, TRY_LATER, StreamClosed, authenticate
 
 logger = logging.getLogger(__name__)
 SUBPROTOCOL = "roadseg"
@@ -131,7 +132,7 @@ async def _admit(websocket: WebSocket, state: ServingState, limits: Any, live: d
     fmt = websocket.query_params.get("format") or "mask"
     if fmt not in FORMATS:
         raise StreamClosed(POLICY, format_problem(fmt))
-    await _authenticate(websocket, state, limits, live)
+    await authenticate(websocket, state, limits, live)
     if live["streams"] >= limits.max_connections:
         raise StreamClosed(TRY_LATER, "too many streams on this pod, try again later")
     live["streams"] += 1

@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from roadseg.serve.api import ServingState, _api_key
+from roadseg.serve.api import ServingState
+from roadseg.serve.auth import read_api_key
 
 KEY_PREFIX = "roadseg.key."
 POLICY, TRY_LATER = 1008, 1013
@@ -27,7 +28,7 @@ class StreamClosed(Exception):
         self.code, self.reason = code, reason
 
 
-async def _authenticate(websocket: WebSocket, state: ServingState, limits: Any, live: dict) -> None:
+async def authenticate(websocket: WebSocket, state: ServingState, limits: Any, live: dict) -> None:
     """Check the API key when one is configured (compared in constant time, never logged). It
     comes once: as a subprotocol, a header, or a first text message; never from the URL."""
     if not state.api_key:
@@ -35,7 +36,7 @@ async def _authenticate(websocket: WebSocket, state: ServingState, limits: Any, 
     offered = websocket.scope.get("subprotocols") or []
     keys = [p[len(KEY_PREFIX) :] for p in offered if p.startswith(KEY_PREFIX)]
     headers = websocket.scope.get("headers", [])
-    header_key, problem = _api_key(headers)
+    header_key, problem = read_api_key(headers)
     if header_key is not None:
         keys.append(header_key)
     elif any(k.lower() in (b"x-api-key", b"authorization") for k, _ in headers):

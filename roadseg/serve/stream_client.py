@@ -58,7 +58,7 @@ def encode_frame(frame: np.ndarray, codec: str) -> bytes:
 
 def video_frames(path: Path) -> tuple[float, list[np.ndarray]]:
     """(fps, RGB frames) of a local video file (the client's own file: no service limits)."""
-    from roadseg.serve.inputs import Limits
+    from roadseg.serve.decoding import Limits
     from roadseg.serve.video import read_video
 
     big = Limits(max_video_frames=10**7, max_video_seconds=10.0**7, max_image_pixels=10**9)

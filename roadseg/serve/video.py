@@ -21,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
 
 from roadseg.inference.render import colorize, encode_png, overlay
-from roadseg.serve.decoding import Budget, InputError, Limits
+from roadseg.serve.decoding import Budget, Limits
+from roadseg.serve.errors import InputError
 from roadseg.serve.inputs import safe_filename
 
 if TYPE_CHECKING:

@@ -293,7 +293,7 @@ def test_streamlit_client_image_zip_and_video(service, keyed_requests, reference
     for data, name in videos:  # H.264 in MP4, what a browser's <video type="video/mp4"> plays
         out = tmp / f"check-{name}"
         out.write_bytes(data)
-        from roadseg.serve.inputs import Limits
+        from roadseg.serve.decoding import Limits
         from roadseg.serve.video import read_video
 
         info, frames = read_video(out, Limits())

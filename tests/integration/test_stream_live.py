@@ -64,7 +64,7 @@ def test_cli_streams_clip_and_writes_video(live) -> None:
     r = CliRunner().invoke(app, [*args, "--api-key", KEY])
     assert r.exit_code == 0, r.output
     assert f"{N_FRAMES}/{N_FRAMES} frames answered" in r.output and "dropped 0" in r.output
-    from roadseg.serve.inputs import Limits
+    from roadseg.serve.decoding import Limits
 
     info, batches = read_video(out, Limits())
     assert (info.width, info.height) == (96, 64)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadseg.serve.inputs import Limits, decode_image
+from roadseg.serve.decoding import Limits, decode_image
 
 LIMITS = Limits()
 

@@ -17,6 +17,7 @@ import zipfile
 import pytest
 from test_service_app import H, image_bytes, monkeypatch_module, served  # noqa: F401
 
+from roadseg.serve.decoding import Limits
 from roadseg.serve.httpguard import (
     KNOWN_ROUTES,
     UNKNOWN_ROUTE,
@@ -25,7 +26,6 @@ from roadseg.serve.httpguard import (
     _refusal,
     route_label,
 )
-from roadseg.serve.inputs import Limits
 from tests.images import zip_bytes
 
 PNG = image_bytes(8, 8)[0]

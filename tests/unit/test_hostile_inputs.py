@@ -17,14 +17,9 @@ import pytest
 from PIL import Image, ImageFile
 from test_service_app import H, image_bytes, monkeypatch_module, served  # noqa: F401
 
-from roadseg.serve.inputs import (
-    Budget,
-    InputError,
-    Limits,
-    check_zip_directory,
-    decode_image,
-    parse_predict_json,
-)
+from roadseg.serve.decoding import Budget, Limits, decode_image
+from roadseg.serve.errors import InputError
+from roadseg.serve.inputs import check_zip_directory, parse_predict_json
 from tests.images import encode, png_chunk
 
 LIM = Limits()

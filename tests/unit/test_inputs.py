@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from roadseg.serve.decoding import Limits, decode_image
+from roadseg.serve.errors import InputError
 from roadseg.serve.inputs import (
-    InputError,
-    Limits,
     decode_base64,
-    decode_image,
     parse_predict_json,
     read_uploads,
     read_zip_images,

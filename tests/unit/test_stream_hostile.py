@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from roadseg.inference.predict import predict
-from roadseg.serve.inputs import Limits, decode_image
+from roadseg.serve.decoding import Limits, decode_image
 from tests.unit.test_service_app import image_bytes
 from tests.unit.test_stream_app import GOOD, KEY, MAX_FRAME_BYTES, answer, close_code, served
 

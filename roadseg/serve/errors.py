@@ -1,0 +1,42 @@
+"""Errors of the service and the one JSON body every 4xx/5xx answer carries:
+`{"error": <problem code>, "detail": <text>, "status": <HTTP status>}`, from the routes, the
+guards and the connection layer below the app alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+# Problem codes of HTTPExceptions raised by the routes (the others are InputError's own).
+HTTP_PROBLEMS = {401: "unauthorized", 404: "not_found", 413: "too_large", 503: "not_ready"}
+
+
+def problem_body(status: int, problem: str, detail: str) -> dict[str, Any]:
+    """The JSON error body."""
+    return {"error": problem, "detail": detail, "status": status}
+
+
+class InputError(ValueError):
+    """A client-side problem with a request: `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400, problem: str = "bad_input") -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = problem
+
+    def to_dict(self) -> dict[str, Any]:
+        return problem_body(self.status, self.problem, str(self))
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """A JSON 4xx/5xx body for an `InputError` or an `HTTPException` (anything else re-raised)."""
+    if isinstance(exc, InputError):
+        return JSONResponse(exc.to_dict(), exc.status)
+    if isinstance(exc, HTTPException):
+        problem = HTTP_PROBLEMS.get(exc.status_code, "bad_request")
+        return JSONResponse(
+            problem_body(exc.status_code, problem, str(exc.detail)), exc.status_code
+        )
+    raise exc
