@@ -40,8 +40,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 # Dependencies before sources: a code change does not reinstall them.
 COPY requirements/runtime-${VARIANT}.txt /tmp/requirements.txt
-RUN if [ "$VARIANT" = cpu ]; then extra="--extra-index-url $TORCH_INDEX"; else extra=""; fi \
-    && pip install --no-deps --require-hashes $extra -r /tmp/requirements.txt
+RUN if [ "$VARIANT" = cpu ]; then set -- --extra-index-url "$TORCH_INDEX"; fi \
+    && pip install --no-deps --require-hashes "$@" -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
 COPY roadseg ./roadseg
 # The pipeline DAG and its components: `roadseg pipeline compile|submit` in the image.

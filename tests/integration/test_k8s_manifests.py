@@ -660,7 +660,7 @@ def test_dockerfile_is_multi_stage_non_root_and_installs_the_locks() -> None:
         assert not any(i.startswith("RUN pip") for i in stages[final]), f"{final} builds nothing"
     build = " ".join(stages["build"])
     assert "COPY requirements/runtime-${VARIANT}.txt /tmp/requirements.txt" in build
-    assert "ARG VARIANT=gpu" in build and "--extra-index-url $TORCH_INDEX" in build
+    assert "ARG VARIANT=gpu" in build and '--extra-index-url "$TORCH_INDEX"' in build
     # Clients and server speak the same MLflow: the server installs mlflow-server.txt.
     assert "COPY requirements/mlflow-server.txt" in " ".join(stages["mlflow-build"])
     ignored = (REPO / ".dockerignore").read_text().splitlines()

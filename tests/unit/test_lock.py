@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -199,7 +200,11 @@ def test_venv_holds_exactly_the_lock(lock: dict[str, str]) -> None:
     """`pip freeze` of the project's .venv equals lock.txt (plus roadseg itself, editable)."""
     if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():
         pytest.skip(f"not the project's .venv ({sys.prefix}): `make test` runs in it")
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # site-packages only, as pip freeze reads it: not sys.path, where setuptools, once
+    # imported, adds its vendored packages
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    dists = metadata.distributions(path=site)
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in dists}
     assert installed.pop("roadseg", None) is not None
     assert installed == lock, {
         "not in lock": sorted(set(installed) - set(lock)),
