@@ -2,7 +2,8 @@
 
 Typed `@bentoml.api` methods for the native routes (`POST /segment`, `POST /segment/json`), so
 `bentoml.SyncHTTPClient(url).segment(image=Path("street.jpg"))` works; the original projects'
-routes (`roadseg/serve/legacy.py`) on a mounted FastAPI app. Both infer through the state on this
+routes (`roadseg/serve/legacy.py`), the live stream and the web UI on a mounted FastAPI app
+(`roadseg/serve/app.py`). Both infer through the state on this
 instance (`self.state`, one batching queue). Loads the model once per worker, on the GPU when
 there is one, warms it up, and only then reports ready on /readyz::
 
@@ -27,8 +28,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from roadseg.serve.api import Format, SegmentRoutes, ServingState
-from roadseg.serve.httpguard import GuardMiddleware, install_http_guards
-from roadseg.serve.legacy import build_legacy_app
+from roadseg.serve.app import build_app
+from roadseg.serve.httpguard import GuardMiddleware
+from roadseg.serve.protocols import install_protocol_hooks
 
 DEFAULT_MODEL_URI = "models:/roadseg-unet@champion"
 UI_DIR = Path(__file__).resolve().parent / "ui"
@@ -61,7 +63,7 @@ class SegmentResult(BaseModel):
 
 
 @bentoml.service(name="roadseg", traffic={"timeout": 300}, http={"port": 3000})
-@bentoml.asgi_app(build_legacy_app(_live_state, ui_dir=UI_DIR), path="/")
+@bentoml.asgi_app(build_app(_live_state, ui_dir=UI_DIR), path="/")
 class RoadSegService:
     """Road-scene semantic segmentation (BDD100k 14 classes, or KITTI Road's binary model)."""
 
@@ -74,6 +76,7 @@ class RoadSegService:
         params = load_params(os.environ.get("ROADSEG_PARAMS") or None)
         self.state = ServingState(
             limits=Limits.from_params(params.serve),
+            stream_limits=params.stream,
             api_key=os.environ.get("ROADSEG_API_KEY") or None,
             overlay_alpha=params.serve.overlay_alpha,
             # One file per pod: appends from several pods to one file on a shared (NFS-type)
@@ -154,7 +157,8 @@ def _observer() -> Any:
 
 # Outermost first: the guard sees the request as sent, then /segment requests are read.
 RoadSegService.add_asgi_middleware(GuardMiddleware, state=current_state)
-# Header timeout and size cap on the connection, metrics labelled by route: BentoML has no
-# setting for either, and its worker imports this module before building the server and app.
-install_http_guards(current_state)
+# Below the app (roadseg/serve/protocols.py): header and send timeouts on the connection, metrics
+# labelled by route, the WebSocket guard. BentoML has no setting for any, and its worker imports
+# this module before it builds the server and the app.
+install_protocol_hooks(current_state)
 RoadSegService.add_asgi_middleware(SegmentRoutes, state=current_state)

@@ -12,6 +12,7 @@ by a pool of worker processes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -98,22 +99,14 @@ def place_file(src: Path, dst: Path, link: bool) -> None:
     shutil.copy2(src, dst)
 
 
-_LUT: np.ndarray | None = None
-
-
-def _init_worker(lut: np.ndarray) -> None:
-    global _LUT
-    _LUT = lut
-
-
-def _process(task: tuple) -> np.ndarray:
+def _process(task: tuple, lut: np.ndarray) -> np.ndarray:
     """One sample: place the image, remap the label; returns its 256-bin label histogram."""
     image, image_dst, label, mask_dst, link = task
     if image is not None:
         place_file(image, image_dst, link)
     if label is None:
         return np.zeros(256, np.int64)
-    out = remap_mask(read_label(label), _LUT)
+    out = remap_mask(read_label(label), lut)
     write_mask(mask_dst, out)
     # PIL's C histogram: no 8-bytes-per-pixel temporary, unlike np.bincount on uint8
     return np.asarray(Image.fromarray(out).histogram(), dtype=np.int64)
@@ -218,14 +211,14 @@ def _run(
     hist = {split: np.zeros(256, np.int64) for split in splits}
     bar = tqdm(total=len(tasks), desc="remap", unit="file", disable=not progress)
     if n_workers > 1:
-        with Pool(n_workers, initializer=_init_worker, initargs=(lut,)) as pool:
-            for task, h in zip(tasks, pool.imap(_process, tasks, chunksize=4), strict=True):
+        work = functools.partial(_process, lut=lut)  # the LUT is 256 bytes: sent with each chunk
+        with Pool(n_workers) as pool:
+            for task, h in zip(tasks, pool.imap(work, tasks, chunksize=4), strict=True):
                 hist[_split_of(task, out)] += h
                 bar.update()
     else:
-        _init_worker(lut)
         for task in tasks:
-            hist[_split_of(task, out)] += _process(task)
+            hist[_split_of(task, out)] += _process(task, lut)
             bar.update()
     bar.close()
     return hist

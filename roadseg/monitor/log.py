@@ -73,6 +73,7 @@ class BackgroundJobs:
         self._queue: queue.Queue | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._counter: Any = None  # created on the first drop
 
     def _ensure_worker(self) -> queue.Queue:
         with self._lock:
@@ -95,7 +96,7 @@ class BackgroundJobs:
         with self._lock:
             self.dropped += 1
             dropped = self.dropped
-        _count_dropped()
+        self._count_dropped()
         if dropped & (dropped - 1) == 0:  # 1, 2, 4, 8...: visible, never a flood
             logger.warning("monitoring queue full: %d rows dropped so far", dropped)
         return False
@@ -114,6 +115,20 @@ class BackgroundJobs:
                 q.all_tasks_done.wait(left)
         return True
 
+    def _count_dropped(self) -> None:
+        """`roadseg_monitoring_dropped_total` on the service's /metrics (BentoML's registry)."""
+        if self._counter is None:
+            try:
+                import bentoml
+
+                self._counter = bentoml.metrics.Counter(
+                    name="roadseg_monitoring_dropped_total",
+                    documentation="Monitoring jobs dropped because the monitoring queue was full",
+                )
+            except Exception:  # no BentoML, or a registry that refuses: the log line still counts
+                self._counter = _NoCounter()
+        self._counter.inc()
+
     @staticmethod
     def _run(q: queue.Queue) -> None:
         while True:
@@ -124,26 +139,6 @@ class BackgroundJobs:
                 logger.exception("monitoring job failed")
             finally:
                 q.task_done()
-
-
-_DROPPED: list[Any] = []
-
-
-def _count_dropped() -> None:
-    """`roadseg_monitoring_dropped_total` on the service's /metrics (BentoML's registry)."""
-    try:
-        if not _DROPPED:
-            import bentoml
-
-            _DROPPED.append(
-                bentoml.metrics.Counter(
-                    name="roadseg_monitoring_dropped_total",
-                    documentation="Monitoring jobs dropped because the monitoring queue was full",
-                )
-            )
-        _DROPPED[0].inc()
-    except Exception:  # no BentoML, or a registry that refuses: the log line still counts
-        _DROPPED[:] = [_NoCounter()]
 
 
 class _NoCounter:

@@ -28,6 +28,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from roadseg.config import StreamParams
 from roadseg.inference.predict import Prediction
 from roadseg.inference.render import colorize, encode_png, overlay
 from roadseg.monitor.log import BackgroundJobs, MonitorLog
@@ -70,6 +71,7 @@ class ServingState:
     """What the routes and the middleware share; filled in by the service at start-up."""
 
     limits: Limits = field(default_factory=Limits)
+    stream_limits: StreamParams = field(default_factory=StreamParams)  # GET /stream
     engine: InferenceEngine | None = None
     monitor: MonitorLog | None = None
     api_key: str | None = None

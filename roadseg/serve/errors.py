@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
@@ -40,3 +41,10 @@ def error_response(exc: Exception) -> JSONResponse:
             problem_body(exc.status_code, problem, str(exc.detail)), exc.status_code
         )
     raise exc
+
+
+def validation_error(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 as our JSON error body, naming the fields only (never echoing input)."""
+    fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+    detail = f"invalid or missing request field(s): {', '.join(fields)[:300]}"
+    return JSONResponse(problem_body(422, "bad_request", detail), 422)

@@ -9,7 +9,8 @@ httptools buffers headers without a size limit. An app cannot help: it is called
 headers are complete. So `install_http_guards` registers `GuardedHTTPProtocol` (uvicorn's own
 protocol class plus a header timer, a pending-header byte cap and a JSON answer to requests the
 HTTP parser rejects) as uvicorn's "auto" protocol; the worker imports the service module before
-it builds its `uvicorn.Config`, so the service calls it at import.
+it builds its `uvicorn.Config`, so the service installs it there
+(`roadseg.serve.protocols.install_protocol_hooks`).
 
 BentoML's traffic metrics label requests by the raw `scope["path"]`, so requests to random
 paths (even unauthenticated ones: the metrics middleware runs before ours) would create label
@@ -62,8 +63,6 @@ DEFAULT_SEND_TIMEOUT = 30.0
 SEND_TICK = 0.5  # how often a stalled answer is checked
 DEFAULT_HEADER_TIMEOUT = 10.0
 _RAW_PATH_KEY = "roadseg.raw_path"
-# Where the protocol finds the limits (set by install_http_guards): the service's live state.
-_limits_source: Callable[[], Any] = lambda: None  # noqa: E731
 
 
 def route_label(path: str) -> str:
@@ -96,6 +95,8 @@ class HeaderGuard:
     transport: Any
     loop: Any
     cycle: Any
+    # Where the limits are: the service's live state (bound by install_http_guards).
+    state_source: Callable[[], Any] = staticmethod(lambda: None)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -155,7 +156,7 @@ class HeaderGuard:
     def _arm_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
-        limits = getattr(_limits_source(), "limits", None)
+        limits = getattr(self.state_source(), "limits", None)
         timeout = getattr(limits, "header_timeout_seconds", DEFAULT_HEADER_TIMEOUT)
         self._header_timer = self.loop.call_later(timeout, self._header_timeout, timeout)
 
@@ -196,7 +197,7 @@ class HeaderGuard:
         if size == 0:  # a closing transport still holds its unsent bytes: keep watching
             return
         stalled = stalled + SEND_TICK if size >= last else 0.0
-        limits = getattr(_limits_source(), "limits", None)
+        limits = getattr(self.state_source(), "limits", None)
         timeout = getattr(limits, "send_timeout_seconds", DEFAULT_SEND_TIMEOUT)
         if stalled >= timeout:
             logger.info("aborting a connection: %d bytes unread for %g s", size, stalled)
@@ -221,10 +222,11 @@ class HeaderGuard:
         self.transport.close()
 
 
-def _guarded_protocol() -> type:
+def _guarded_protocol(state_source: Callable[[], Any]) -> type:
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    return type("GuardedHTTPProtocol", (HeaderGuard, AutoHTTPProtocol), {})
+    bound = {"state_source": staticmethod(state_source)}
+    return type("GuardedHTTPProtocol", (HeaderGuard, AutoHTTPProtocol), bound)
 
 
 def _route_labelled(base: type) -> type:
@@ -257,14 +259,13 @@ def _restore_path(app: Any) -> Any:
 
 def install_http_guards(state_source: Callable[[], Any]) -> None:
     """Register the guarded protocol as uvicorn's "auto" HTTP protocol and the route-labelled
-    metrics middleware in BentoML (idempotent; call before the app and the server are built)."""
-    global _limits_source
+    metrics middleware in BentoML (idempotent; call before the app and the server are built).
+    `state_source()` gives the service's live state (None before it exists)."""
     import uvicorn.config
     from bentoml._internal.server.http import instruments
 
-    _limits_source = state_source
     if not isinstance(uvicorn.config.HTTP_PROTOCOLS["auto"], type):
-        uvicorn.config.HTTP_PROTOCOLS["auto"] = _guarded_protocol()
+        uvicorn.config.HTTP_PROTOCOLS["auto"] = _guarded_protocol(state_source)
     for name in ("HTTPTrafficMetricsMiddleware", "RunnerTrafficMetricsMiddleware"):
         base = getattr(instruments, name)
         if base.__name__ != "RouteLabelledMetrics":

@@ -2,7 +2,7 @@
 (431), API key (401), content encoding (415), body size (413), body read timeouts (408),
 multipart part count (413), JSON bodies for every error, `X-Model-Version` on every response,
 and cancellation of a route whose client hung up. What sits below the app (the connection's
-header timeout, parser errors, metric labels) is `roadseg.serve.httpconn`, re-exported here.
+header timeout, parser errors, metric labels) is `roadseg.serve.httpconn`.
 """
 
 from __future__ import annotations
@@ -27,24 +27,8 @@ from roadseg.serve.api import (
 )
 from roadseg.serve.auth import read_api_key
 from roadseg.serve.errors import error_response, problem_body
-from roadseg.serve.httpconn import (
-    KNOWN_ROUTES,
-    UNKNOWN_ROUTE,
-    install_http_guards,
-    raw_http_error,
-    route_label,
-)
 
 logger = logging.getLogger(__name__)
-__all__ = [
-    "KNOWN_ROUTES",
-    "UNKNOWN_ROUTE",
-    "GuardMiddleware",
-    "PartCounter",
-    "install_http_guards",
-    "raw_http_error",
-    "route_label",
-]
 
 MULTIPART_SPARE_PARTS = 16  # form fields beyond the images a request may carry
 HTTP_STATUSES = {s.value for s in HTTPStatus}

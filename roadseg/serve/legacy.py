@@ -9,7 +9,8 @@ Their clients read exact shapes, so these answers are contracts (see README, "Cl
   or as a multipart `file` part, and answers `images`, `pred_mask`, `pred_color` (base64 PNGs).
 - KITTI road server: `POST /upload` (multipart `file`) answers the road probability as a
   grayscale JPEG at the input's size; `GET /health` answers `{"status": "healthy"}`.
-Every route infers through `ServingState.infer`, the same batching queue as the typed API.
+Every route infers through `ServingState.infer`, the same batching queue as the typed API. The
+app that mounts them with the service's own routes is `roadseg.serve.app`.
 """
 
 from __future__ import annotations
@@ -25,19 +26,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, File, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 
 from roadseg.inference.predict import Prediction
 from roadseg.inference.render import colorize, encode_png
 from roadseg.serve.api import ServingState, encode_image
 from roadseg.serve.decoding import JPEG_MAX_SIDE, Budget, Limits, Probe, probe_image
-from roadseg.serve.errors import InputError, error_response, problem_body
+from roadseg.serve.errors import InputError
 from roadseg.serve.inputs import probe_predict_json, probe_uploads, safe_filename
-from roadseg.serve.stream import register_stream
 from roadseg.serve.video import segment_video
 
 StateGetter = Callable[[], ServingState]
@@ -74,31 +72,6 @@ PREDICT_JSON_BODY = {
         },
     },
 }
-
-
-def build_legacy_app(get_state: StateGetter, ui_dir: Path | None = None) -> FastAPI:
-    """The FastAPI app with the legacy, info and UI routes; `get_state` gives the live state."""
-    # BentoML serves /docs for the whole service (it merges these routes into its spec).
-    app = FastAPI(title="roadseg legacy routes", openapi_url=None, docs_url=None, redoc_url=None)
-    app.add_exception_handler(InputError, lambda _r, e: error_response(e))
-    app.add_exception_handler(HTTPException, lambda _r, e: error_response(e))
-    app.add_exception_handler(RequestValidationError, lambda _r, e: validation_error(e))
-    app.include_router(image_routes(get_state))
-    app.include_router(video_routes(get_state))
-    app.include_router(info_routes(get_state))
-    register_stream(app, get_state)  # GET /stream WebSocket (roadseg/serve/stream.py)
-    if ui_dir is not None and (ui_dir / "index.html").is_file():
-        from fastapi.staticfiles import StaticFiles
-
-        app.mount("/ui", StaticFiles(directory=ui_dir, html=True), name="ui")
-    return app
-
-
-def validation_error(exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 as our JSON error body, naming the fields only (never echoing input)."""
-    fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
-    detail = f"invalid or missing request field(s): {', '.join(fields)[:300]}"
-    return JSONResponse(problem_body(422, "bad_request", detail), 422)
 
 
 def image_routes(get_state: StateGetter) -> APIRouter:
@@ -199,29 +172,13 @@ def video_routes(get_state: StateGetter) -> APIRouter:
     return router
 
 
-def info_routes(get_state: StateGetter) -> APIRouter:
+def health_routes() -> APIRouter:
     router = APIRouter(tags=["info"])
 
     @router.get("/health")
     async def health() -> dict[str, str]:
         """KITTI road server's health check (liveness; `/readyz` says whether the model is loaded)."""
         return {"status": "healthy"}
-
-    @router.get("/classes")
-    async def classes() -> list[dict[str, Any]]:
-        """Class ids, names and colours of the served model."""
-        spec = get_state().require_engine().spec
-        return [
-            {"id": i, "name": n, "color": list(c)}
-            for i, (n, c) in enumerate(zip(spec.class_names, spec.colors, strict=True))
-        ]
-
-    @router.get("/metadata")
-    async def metadata() -> dict[str, Any]:
-        """Model name, version, run id, params hash, lineage and serving settings."""
-        state = get_state()
-        state.require_engine()
-        return {**state.metadata, "model_version": state.version}
 
     return router
 

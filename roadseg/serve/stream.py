@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +48,6 @@ SUBPROTOCOL = "roadseg"
 TOO_BIG, UNSUPPORTED, INTERNAL = 1009, 1003, 1011
 IN_FLIGHT = 3  # frames per stream: one answered, one inferred, one decoded
 CLOSE_WAIT = 5.0  # seconds a close frame may wait for a client that reads nothing
-_LIMITS: dict[str, Any] = {}  # params.stream per params file (ROADSEG_PARAMS)
 
 
 @dataclass
@@ -83,38 +81,21 @@ class Mailbox:
         return frame, dropped
 
 
-def stream_limits() -> Any:
-    """`params.stream` of the served params file (ROADSEG_PARAMS, as the service reads it)."""
-    from roadseg.config import load_params
-
-    return load_params(os.environ.get("ROADSEG_PARAMS") or None).stream
-
-
-def cached_stream_limits() -> Any:
-    """`stream_limits()`, read once per params file (the app and the WebSocket protocol)."""
-    source = os.environ.get("ROADSEG_PARAMS") or ""
-    if source not in _LIMITS:
-        _LIMITS[source] = stream_limits()
-    return _LIMITS[source]
-
-
 def register_stream(app: FastAPI, get_state: Callable[[], ServingState]) -> None:
-    """Add `GET /stream` (WebSocket) to `app` and install the WebSocket protocol guard
-    (`roadseg.serve.wsguard`: no compression, `max_frame_bytes` as the message limit). Limits are read
-    at the first connection (per params file); connections are counted per app, i.e. per worker
-    process: at most `max_connections` streams, and as many more waiting for their key."""
-    from roadseg.serve.wsguard import install_ws_guard
-
-    install_ws_guard(lambda: cached_stream_limits().max_frame_bytes)
+    """Add `GET /stream` (WebSocket) to `app`. Its limits are the serving state's
+    `stream_limits` (params.stream; the frame size limit is enforced below the app by
+    `roadseg.serve.wsguard`); connections are counted per app, i.e. per worker process: at most
+    `max_connections` streams, and as many more waiting for their key."""
     live = {"streams": 0, "unauthenticated": 0}
 
     @app.websocket("/stream")
     async def stream(websocket: WebSocket) -> None:
-        limits = await run_in_threadpool(cached_stream_limits)
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         try:
-            await asyncio.wait_for(_admit(websocket, get_state(), limits, live), limits.max_seconds)
+            state = get_state()
+            limits = state.stream_limits
+            await asyncio.wait_for(_admit(websocket, state, limits, live), limits.max_seconds)
         except TimeoutError:
             await _close(websocket, POLICY, f"connection time limit of {limits.max_seconds:g} s")
         except StreamClosed as e:

@@ -23,9 +23,9 @@ uvicorn 0.5x runs WebSockets on `websockets`' sans-I/O protocol (`WebSocketsSans
   keepalive ping went unanswered, so a half-open or never-reading client cannot hold a socket
   (and the app, blocked on a send) indefinitely.
 
-`install_ws_guard` registers the class as uvicorn's "auto" WebSocket protocol; the service
-module calls it at import (through `roadseg.serve.stream.register_stream`), before the worker builds
-its `uvicorn.Config`, exactly as `roadseg.serve.httpguard` does for HTTP.
+`install_ws_guard` registers the class as uvicorn's "auto" WebSocket protocol; the service module
+calls it at import (`roadseg.serve.protocols.install_protocol_hooks`), before the worker builds its
+`uvicorn.Config`, as it does for HTTP.
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 MAX_FRAGMENTS = 1024  # continuation frames of one message
 PING_RATE, PING_BURST = 10.0, 50  # pings per second a client may send, and its burst
 ABORT_AFTER = 15.0  # seconds a closing connection may take to drain before it is aborted
-# The message size limit, read per connection (set by install_ws_guard): stream.max_frame_bytes.
-_max_size_source: Callable[[], int | None] = lambda: None  # noqa: E731
 
 
 class WebSocketGuard:
@@ -65,12 +63,14 @@ class WebSocketGuard:
     read_paused: bool
     handshake_complete: bool
     initial_response: Any
+    # The message size limit, read per connection (bound by install_ws_guard).
+    max_size_source: Callable[[], int | None] = staticmethod(lambda: None)
 
     def __init__(self, config: Any, server_state: Any, app_state: Any, _loop: Any = None):
         from websockets.server import ServerProtocol
 
         super().__init__(config, server_state, app_state, _loop)  # type: ignore[call-arg]
-        max_size = _max_size_source() or self.config.ws_max_size
+        max_size = self.max_size_source() or self.config.ws_max_size
         self.conn = ServerProtocol(extensions=[], max_size=max_size, logger=self.conn.logger)
         self.fragments = 0
         self.ping_tokens, self.ping_at = float(PING_BURST), self.loop.time()
@@ -186,18 +186,17 @@ class WebSocketGuard:
         super().connection_lost(exc)
 
 
-def _guarded_protocol() -> type:
+def _guarded_protocol(max_size_source: Callable[[], int | None]) -> type:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-    return type("GuardedWebSocketsProtocol", (WebSocketGuard, WebSocketsSansIOProtocol), {})
+    bound = {"max_size_source": staticmethod(max_size_source)}
+    return type("GuardedWebSocketsProtocol", (WebSocketGuard, WebSocketsSansIOProtocol), bound)
 
 
 def install_ws_guard(max_size_source: Callable[[], int | None]) -> None:
     """Register the guarded protocol as uvicorn's "auto" WebSocket protocol (idempotent; call
     before the server is built). `max_size_source()` gives the message size limit in bytes."""
-    global _max_size_source
     import uvicorn.config
 
-    _max_size_source = max_size_source
     if not isinstance(uvicorn.config.WS_PROTOCOLS["auto"], type):
-        uvicorn.config.WS_PROTOCOLS["auto"] = _guarded_protocol()
+        uvicorn.config.WS_PROTOCOLS["auto"] = _guarded_protocol(max_size_source)

@@ -6,6 +6,7 @@ updated in place, the progress bar, and the class-statistics helpers' inputs and
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import ClassVar
 
@@ -49,6 +50,7 @@ class InlinePool:
 
     def imap(self, fn, tasks, chunksize=1):
         assert callable(fn) and chunksize >= 1
+        fn = pickle.loads(pickle.dumps(fn))  # what a worker process receives: all it needs
         tasks = list(tasks)
         InlinePool.mapped[-1] += len(tasks)
         return map(fn, tasks)
@@ -86,7 +88,6 @@ def test_workers_are_capped_at_cores_and_files_and_one_means_no_pool(
     want = outputs_of(src, data, tmp_path / "serial", workers=1)
     monkeypatch.setattr(remap, "Pool", InlinePool)
     monkeypatch.setattr(remap.os, "cpu_count", lambda: cores)
-    monkeypatch.setattr(remap, "_LUT", None)  # as in a fresh worker: the pool must set it up
     InlinePool.sizes, InlinePool.mapped = [], []
     out = tmp_path / "out"
     summary = remap_dataset(src, out, data, workers=workers, progress=False)

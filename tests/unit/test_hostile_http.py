@@ -18,14 +18,8 @@ import pytest
 from test_service_app import H, image_bytes, monkeypatch_module, served  # noqa: F401
 
 from roadseg.serve.decoding import Limits
-from roadseg.serve.httpguard import (
-    KNOWN_ROUTES,
-    UNKNOWN_ROUTE,
-    GuardMiddleware,
-    PartCounter,
-    _refusal,
-    route_label,
-)
+from roadseg.serve.httpconn import KNOWN_ROUTES, UNKNOWN_ROUTE, route_label
+from roadseg.serve.httpguard import GuardMiddleware, PartCounter, _refusal
 from tests.images import zip_bytes
 
 PNG = image_bytes(8, 8)[0]
@@ -354,9 +348,9 @@ def test_metric_labels_do_not_grow_with_random_paths(served):  # noqa: F811
 
 def test_known_routes_cover_every_route_of_the_service():
     from bento.service import RoadSegService
-    from roadseg.serve.legacy import build_legacy_app
+    from roadseg.serve.app import build_app
 
-    legacy = {getattr(r, "path", "") for r in build_legacy_app(lambda: None).routes}
+    legacy = {getattr(r, "path", "") for r in build_app(lambda: None).routes}
     typed = {api.route for api in RoadSegService.apis.values()}
     assert (legacy | typed) - {""} <= KNOWN_ROUTES
     assert route_label("/ui/app.js") == "/ui" and route_label("/segmentx") == UNKNOWN_ROUTE
