@@ -48,6 +48,11 @@ COPY roadseg ./roadseg
 COPY components ./components
 COPY pipelines ./pipelines
 COPY params.yaml ./
+# The Bento's build context: the pipeline's package step builds the Bento in this image
+# (roadseg/release/packaging.py reads bentofile.yaml and what it includes from /app).
+COPY bentofile.yaml ./
+COPY bento ./bento
+COPY requirements/serve.txt ./requirements/
 # Editable, so the library's default params file (repository root = /app/params.yaml) resolves;
 # no dependencies: the lock above has them all (pip check says so).
 RUN pip install --no-deps --no-build-isolation -e . && pip check && roadseg --help > /dev/null

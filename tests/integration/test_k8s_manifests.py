@@ -668,6 +668,23 @@ def test_dockerfile_is_multi_stage_non_root_and_installs_the_locks() -> None:
     assert "!roadseg/" in ignored and "!params.yaml" in ignored
 
 
+def test_pipeline_image_holds_the_bento_build_context() -> None:
+    """The pipeline's package step builds the Bento inside the pipeline image (build context
+    /app): everything bentofile.yaml reads must be copied there and let through .dockerignore."""
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    needed = {"bentofile.yaml", bentofile["python"]["requirements_txt"].removeprefix("./")}
+    needed |= {pattern.split("/")[0] for pattern in bentofile["include"]}
+    build = " ".join(_stages((REPO / "Dockerfile").read_text())["build"])
+    copied = set(re.findall(r"COPY (?:--\S+ )*(\S+(?: \S+)*?) \S+(?= COPY| RUN| #|$)", build))
+    sources = {src for group in copied for src in group.split()}
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    for path in sorted(needed):
+        top = path.split("/")[0]
+        assert path in sources or top in sources, f"the pipeline image lacks {path}"
+        assert any(line.lstrip("!").rstrip("/*").split("/")[0] == top for line in ignored
+                   if line.startswith("!")), f".dockerignore keeps {path} out"  # fmt: skip
+
+
 def test_dockerfile_is_hadolint_clean() -> None:
     hadolint = REPO / ".venv-tools/bin/hadolint"
     if not hadolint.exists():
