@@ -25,7 +25,10 @@ $(STAMP): $(LOCK) pyproject.toml
 
 # Re-resolve the locks on purpose (scripts/lock.sh says which file serves what). UPGRADE="-P pkg"
 # upgrades one package, UPGRADE=--upgrade everything; then `make test` (README, Development).
-lock: $(STAMP)
+# Needs only pip-compile (from the current lock): pyproject.toml may already ask for more.
+lock:
+	@test -x $(VENV)/bin/pip-compile || { test -x $(PY) || python3 -m venv $(VENV); \
+	  $(PY) -m pip install -q --no-deps --require-hashes $(PIP_INDEX) -r $(LOCK); }
 	UPGRADE="$(UPGRADE)" scripts/lock.sh
 
 install: $(STAMP) $(ASSETS)

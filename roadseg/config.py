@@ -22,7 +22,7 @@ DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 # variants and `roadseg.losses.LOSSES` / `roadseg.models` (checked by tests) all follow these.
 LossName = Literal["wce", "ohem", "dice", "dice_ce", "iou"]
 LOSS_NAMES: tuple[str, ...] = get_args(LossName)
-ModelName = Literal["unet", "baseline"]
+ModelName = Literal["unet", "baseline", "unet_effnet_lite0"]
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 
 
@@ -118,6 +118,14 @@ class RemapParams(_Frozen):
 class AugmentParams(_Frozen):
     scale_range: tuple[float, float] = (0.5, 1.5)
     hflip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    # Photometric, on the image only (roadseg.data.dataset.photometric): factors drawn from
+    # [1 - x, 1 + x], a hue shift from [-hue, hue] of the colour circle, a Gaussian blur.
+    brightness: float = Field(0.2, ge=0.0, lt=1.0)
+    contrast: float = Field(0.2, ge=0.0, lt=1.0)
+    saturation: float = Field(0.2, ge=0.0, lt=1.0)
+    hue: float = Field(0.02, ge=0.0, le=0.5)
+    blur_prob: float = Field(0.1, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = (0.3, 1.2)
 
 
 class ModelParams(_Frozen):
@@ -142,6 +150,12 @@ class TrainParams(_Frozen):
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_epochs: int = Field(1, ge=0)
     schedule: Literal["poly", "cosine"] = "poly"
+    # Models over a pretrained encoder (the others have none): its learning rate is lr times
+    # this; zero for the first freeze_encoder_epochs (the decoder learns first); its batch-norm
+    # statistics kept as pretrained when batches are too small to estimate them.
+    encoder_lr_mult: float = Field(0.1, gt=0.0, le=1.0)
+    freeze_encoder_epochs: int = Field(0, ge=0)
+    freeze_encoder_bn: bool = True
     early_stopping_patience: int = Field(20, ge=1)
     seed: int = 0
     compile: bool = False

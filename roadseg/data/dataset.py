@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from roadseg.config import AugmentParams, Params
@@ -135,6 +136,31 @@ def augment_pair(
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
+LUMA = np.float32([0.299, 0.587, 0.114])  # ITU-R BT.601 grey of RGB
+
+
+def photometric(image: np.ndarray, aug: AugmentParams, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast, saturation and hue jitter and an occasional Gaussian blur of an RGB
+    uint8 image (the mask is untouched: no pixel moves). Real photographs vary in exposure,
+    white balance and focus far more than synthetic scenes; a model trained on a few of them
+    should not learn those as class cues."""
+    x = image.astype(np.float32) * rng.uniform(1 - aug.brightness, 1 + aug.brightness)
+    mean = float((x @ LUMA).mean())  # contrast: around the mean grey level
+    x = (x - mean) * rng.uniform(1 - aug.contrast, 1 + aug.contrast) + mean
+    grey = (x @ LUMA)[..., None]  # saturation: towards or away from each pixel's grey
+    x = (x - grey) * rng.uniform(1 - aug.saturation, 1 + aug.saturation) + grey
+    out = np.clip(x, 0, 255).round().astype(np.uint8)
+    shift = rng.uniform(-aug.hue, aug.hue)
+    if shift:
+        hsv = np.asarray(Image.fromarray(out).convert("HSV")).copy()
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(shift * 256)) % 256
+        out = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    if rng.random() < aug.blur_prob:
+        sigma = rng.uniform(*aug.blur_sigma)
+        out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(sigma)))
+    return np.ascontiguousarray(out)
+
+
 class SegmentationDataset(Dataset):
     """(image, mask) pairs: image float32 (3, H, W) normalised, mask int64 (H, W).
 
@@ -189,6 +215,7 @@ class SegmentationDataset(Dataset):
             image, mask = augment_pair(
                 image, mask, self.image_size, self.augment, rng, self.ignore_index
             )
+            image = photometric(image, self.augment, rng)
         else:
             image, mask = resize_image(image, self.image_size), resize_mask(mask, self.image_size)
         return normalize(image, self.mean, self.std), torch.from_numpy(mask.astype(np.int64))

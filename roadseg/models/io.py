@@ -53,7 +53,9 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def build_from_spec(spec: ModelSpec) -> nn.Module:
+def build_from_spec(spec: ModelSpec, *, pretrained: bool = False) -> nn.Module:
+    """The network of `spec`; `pretrained` starts its encoder from ImageNet weights (training
+    from scratch; a saved model's weights are loaded over it anyway)."""
     from roadseg.models import build_model
 
     return build_model(
@@ -61,6 +63,7 @@ def build_from_spec(spec: ModelSpec) -> nn.Module:
         in_channels=spec.in_channels,
         num_classes=spec.num_classes,
         base_channels=spec.base_channels,
+        pretrained=pretrained,
     )
 
 

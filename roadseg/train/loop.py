@@ -41,6 +41,7 @@ from roadseg.train.setup import (
     build_data,
     build_loss_for,
     build_optimizer,
+    freeze_encoder_statistics,
     setup_runtime,
     wrap_for_training,
 )
@@ -117,7 +118,8 @@ def train_model(
     ckpt = checkpoint_to_resume(ckpt_dir / "last.pt", params, rt, echo) if resume else None
     data = build_data(params, data_dir, rt, spec=ckpt.spec if ckpt else None)
     spec = data.spec
-    model = build_from_spec(spec).to(rt.device, memory_format=torch.channels_last)
+    model = build_from_spec(spec, pretrained=ckpt is None)  # ImageNet encoder unless resumed
+    model = model.to(rt.device, memory_format=torch.channels_last)
     loss_fn = build_loss_for(params, data.class_weights).to(rt.device)
     optimizer, scheduler = build_optimizer(model, tp, steps_per_epoch=data.steps_per_epoch)
     state = ckpt.state if ckpt else TrainState()
@@ -210,6 +212,7 @@ def train_one_epoch(
     loader = build_loader(data.train_ds, batch_size=tp.batch_size, num_workers=params.data.num_workers,
                           shuffle=True, seed=tp.seed, epoch=epoch, sampler=data.train_sampler)  # fmt: skip
     net.train()
+    freeze_encoder_statistics(unwrap(net), tp)
     t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=rt.device)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tp.epochs}", disable=not (progress and rt.master))
     for images, masks in bar:

@@ -20,6 +20,7 @@ from torch.utils.data import DistributedSampler, Subset
 from roadseg.config import Params
 from roadseg.data.dataset import build_dataset, build_loader, class_stats, image_stats, list_split
 from roadseg.losses import WEIGHTED_LOSSES, build_loss
+from roadseg.models import PRETRAINED_NORMALIZATION
 from roadseg.models.spec import ModelSpec
 
 
@@ -99,7 +100,8 @@ def build_data(
     train_samples = list_split(data_dir, params, "train")
     val_samples = list_split(data_dir, params, "val")
     if spec is None:
-        mean, std = image_stats(train_samples)
+        pretrained = PRETRAINED_NORMALIZATION.get(params.model.name)
+        mean, std = pretrained or image_stats(train_samples)  # a pretrained encoder's own
         spec = ModelSpec.from_params(params, mean=mean, std=std, loss=params.loss.name)
     weights = None
     if params.loss.name in WEIGHTED_LOSSES:
@@ -120,13 +122,40 @@ def build_data(
 
 
 def build_optimizer(model: torch.nn.Module, tp: Any, *, steps_per_epoch: int) -> tuple[Any, Any]:
-    """AdamW and its per-step schedule: linear warm-up, then poly or cosine decay."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    """AdamW and its per-step schedule: linear warm-up, then poly or cosine decay. A pretrained
+    encoder (`model.encoder`) is its own parameter group: lr x `encoder_lr_mult`, and zero for
+    the first `freeze_encoder_epochs` (zero, not requires_grad=False, so DDP sees every
+    parameter used at every step)."""
+    encoder = getattr(model, "encoder", None)
+    enc = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in enc], "lr": tp.lr}]
+    if enc:
+        groups.append({"params": list(encoder.parameters()), "lr": tp.lr * tp.encoder_lr_mult})
+    optimizer = torch.optim.AdamW(groups, lr=tp.lr, weight_decay=tp.weight_decay)
     total, warmup = tp.epochs * steps_per_epoch, tp.warmup_epochs * steps_per_epoch
+    frozen = tp.freeze_encoder_epochs * steps_per_epoch
+
+    def schedule(s: int) -> float:
+        return lr_factor(s, total, warmup, tp.schedule)
+
+    def encoder_schedule(s: int) -> float:
+        return 0.0 if s < frozen else schedule(s)
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup, tp.schedule)
+        optimizer, [schedule, encoder_schedule][: len(groups)]
     )
     return optimizer, scheduler
+
+
+def freeze_encoder_statistics(model: torch.nn.Module, tp: Any) -> None:
+    """Keep a pretrained encoder's batch-norm layers in eval mode while the rest trains: their
+    ImageNet statistics stay (batches of a few images estimate them badly); call after
+    `.train()`. The affine weights still learn."""
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and tp.freeze_encoder_bn:
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def wrap_for_training(model: torch.nn.Module, rt: Runtime, *, compile_: bool) -> torch.nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from roadseg.models import MODELS, build_model, count_parameters
+from roadseg.models import MODELS, PRETRAINED_NORMALIZATION, build_model, count_parameters
 from roadseg.models.unet import pad_to_multiple
 
 
@@ -31,8 +31,9 @@ def test_output_matches_input_size(name: str, size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_in_channels_and_backward(name: str) -> None:
-    model = build_model(name, in_channels=1, num_classes=2, base_channels=4)
-    x = torch.randn(2, 1, 37, 53, requires_grad=True)
+    channels = 3 if name in PRETRAINED_NORMALIZATION else 1  # an ImageNet encoder takes RGB
+    model = build_model(name, in_channels=channels, num_classes=2, base_channels=4)
+    x = torch.randn(2, channels, 37, 53, requires_grad=True)
     model(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert all(p.grad is not None for p in model.parameters())
