@@ -11,6 +11,7 @@ def train(
     dataset: Input[Dataset],
     loss: str,
     model_name: str,
+    init_from: str,
     model: Output[Model],
     metrics: Output[Metrics],
     params_file: str,
@@ -32,6 +33,7 @@ def train(
         dataset.metadata["dataset_digest"],
     )
     extra = [f"loss.name={loss}", f"model.name={model_name}", f"train.checkpoint_dir={model.path}"]
+    extra += [f"train.init_from={init_from}"] if init_from else []
     params = step_params(params_file or os.environ.get("ROADSEG_PARAMS"), overrides,
                          params_hash=params_hash, extra=extra)  # fmt: skip
     candidate = train_step(dataset.path, params,

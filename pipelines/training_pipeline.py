@@ -88,6 +88,7 @@ def on_cpu_node(task: dsl.PipelineTask, cpu: str = "1", memory: str = "4G") -> d
 def training_pipeline(
     loss_variants: list = DEFAULT_LOSSES,
     model: str = "unet",
+    init_from: str = "",
     synthetic: bool = True,
     data_dir: str = "",
     data_rev: str = "",
@@ -96,8 +97,11 @@ def training_pipeline(
     overrides: list = [],  # noqa: B006
     git_commit: str = "",
 ) -> str:
-    """Args: `overrides` are `dotted.key=value` params overrides; the dataset comes from
-    `data_dir` (local runs), else `data_rev` of `data_repo` (`dvc get`), else synthetic."""
+    """Args: `model` is the network of every variant (`unet_effnet_lite0`: the ImageNet encoder);
+    `init_from` a model URI every variant is fine-tuned from (e.g. the champion of synthetic
+    scenes, for real images); `overrides` are `dotted.key=value` params overrides; the dataset
+    comes from `data_dir` (local runs), else `data_rev` of `data_repo` (`dvc get`), else
+    synthetic."""
     common = {"params_file": params_file, "overrides": overrides}
     load = load_data(synthetic=synthetic, data_dir=data_dir, data_rev=data_rev,
                      data_repo=data_repo, **common).set_display_name("load data")  # fmt: skip
@@ -118,7 +122,8 @@ def training_pipeline(
     # create_parameter_loop_iteration_task_spec). On a cluster the cache keys stay right either
     # way: the remapped artifact is new whenever the digest or the hash changes.
     with dsl.ParallelFor(loss_variants, name="loss-variants") as loss:
-        fit = train(dataset=remap.outputs["remapped"], loss=loss, model_name=model, **common)
+        fit = train(dataset=remap.outputs["remapped"], loss=loss, model_name=model,
+                    init_from=init_from, **common)  # fmt: skip
         on_gpu_node(with_tracking_env(fit.set_display_name("train")))
         score = evaluate(
             dataset=remap.outputs["remapped"],

@@ -156,6 +156,9 @@ class TrainParams(_Frozen):
     encoder_lr_mult: float = Field(0.1, gt=0.0, le=1.0)
     freeze_encoder_epochs: int = Field(0, ge=0)
     freeze_encoder_bn: bool = True
+    # Fine-tuning: start from this model's weights (a model URI or checkpoint of the same
+    # architecture and classes), with its input normalisation; None trains from the start.
+    init_from: str | None = None
     early_stopping_patience: int = Field(20, ge=1)
     seed: int = 0
     compile: bool = False

@@ -139,6 +139,7 @@ def pipeline_submit(
     if not host:
         fail("no Kubeflow Pipelines endpoint: give --host URL or set pipeline.host", 2)
     arguments = {"loss_variants": loss or list(p.pipeline.variants_for(p.data.dataset)), "model": p.model.name,
+                 "init_from": p.train.init_from or "",
                  "synthetic": not data_rev, "data_rev": data_rev or "", "data_repo": data_repo,
                  "overrides": list(set_ or []), "git_commit": git_commit() or ""}  # fmt: skip
     try:

@@ -144,6 +144,7 @@ def run_local(
     arguments = {
         "loss_variants": list(loss_variants),
         "model": params.model.name,
+        "init_from": params.train.init_from or "",
         "synthetic": data_dir is None,
         "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
         "params_file": str(Path(params_file).resolve()) if params_file else "",

@@ -42,6 +42,8 @@ from roadseg.train.setup import (
     build_loss_for,
     build_optimizer,
     freeze_encoder_statistics,
+    initial_model,
+    load_init_model,
     setup_runtime,
     wrap_for_training,
 )
@@ -116,9 +118,10 @@ def train_model(
     rt = setup_runtime(device)
     seed_everything(tp.seed)  # same seed on every rank: identical initial weights
     ckpt = checkpoint_to_resume(ckpt_dir / "last.pt", params, rt, echo) if resume else None
-    data = build_data(params, data_dir, rt, spec=ckpt.spec if ckpt else None)
+    init = None if ckpt else load_init_model(tp.init_from, tracking_uri)  # fine-tuning
+    data = build_data(params, data_dir, rt, spec=ckpt.spec if ckpt else None, init=init)
     spec = data.spec
-    model = build_from_spec(spec, pretrained=ckpt is None)  # ImageNet encoder unless resumed
+    model = initial_model(spec, resumed=ckpt is not None, init=init)
     model = model.to(rt.device, memory_format=torch.channels_last)
     loss_fn = build_loss_for(params, data.class_weights).to(rt.device)
     optimizer, scheduler = build_optimizer(model, tp, steps_per_epoch=data.steps_per_epoch)

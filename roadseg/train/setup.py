@@ -88,20 +88,68 @@ class TrainData:
     num_val: int
 
 
+@dataclass
+class InitModel:
+    """The weights and spec of `train.init_from`, the model a run is fine-tuned from."""
+
+    state: dict[str, torch.Tensor]
+    spec: ModelSpec
+    uri: str
+
+    def apply(self, model: torch.nn.Module, spec: ModelSpec) -> None:
+        """Load the weights into `model` (built from `spec`), or a ValueError naming what differs."""
+        for field in ("model_name", "num_classes", "in_channels", "base_channels"):
+            ours, theirs = getattr(spec, field), getattr(self.spec, field)
+            if ours != theirs:
+                raise ValueError(
+                    f"train.init_from {self.uri}: {field} is {theirs}, this run's {ours}"
+                )
+        model.load_state_dict(self.state)
+
+
+def load_init_model(uri: str | None, tracking_uri: str | None) -> InitModel | None:
+    """The model `train.init_from` names (None when unset); MLflow URIs read `tracking_uri`."""
+    if not uri:
+        return None
+    from roadseg.models.io import load_model
+
+    if tracking_uri and uri.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+    model, spec, _ = load_model(uri)
+    return InitModel({k: v.detach().clone() for k, v in model.state_dict().items()}, spec, uri)
+
+
+def initial_model(spec: ModelSpec, *, resumed: bool, init: InitModel | None) -> torch.nn.Module:
+    """The network to train: with `init`'s weights (fine-tuning), else with a pretrained
+    encoder's ImageNet weights; a resumed run loads its checkpoint over it afterwards."""
+    from roadseg.models.io import build_from_spec
+
+    model = build_from_spec(spec, pretrained=not resumed and init is None)
+    if init is not None:
+        init.apply(model, spec)
+    return model
+
+
 def build_data(
-    params: Params, data_dir: Path, rt: Runtime, *, spec: ModelSpec | None = None
-) -> TrainData:
+    params: Params, data_dir: Path, rt: Runtime, *, spec: ModelSpec | None = None,
+    init: InitModel | None = None,
+) -> TrainData:  # fmt: skip
     """Datasets, the validation loader (this rank's shard) and class weights.
 
     `spec` is the resumed run's (its mean/std, so resuming changes nothing); without one, the
-    image statistics are computed over the training images.
+    normalisation is the model's `init` was trained with (fine-tuning), else a pretrained
+    encoder's, else the training images' statistics.
     """
     tp = params.train
     train_samples = list_split(data_dir, params, "train")
     val_samples = list_split(data_dir, params, "val")
     if spec is None:
-        pretrained = PRETRAINED_NORMALIZATION.get(params.model.name)
-        mean, std = pretrained or image_stats(train_samples)  # a pretrained encoder's own
+        norm = (init.spec.mean, init.spec.std) if init else None
+        mean, std = (
+            norm or PRETRAINED_NORMALIZATION.get(params.model.name) or image_stats(train_samples)
+        )
         spec = ModelSpec.from_params(params, mean=mean, std=std, loss=params.loss.name)
     weights = None
     if params.loss.name in WEIGHTED_LOSSES:

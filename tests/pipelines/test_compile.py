@@ -102,3 +102,14 @@ def test_every_task_reads_mlflow_settings_from_configmap_and_secret(ir: tuple[di
             "MLFLOW_TRACKING_USERNAME",
             "MLFLOW_TRACKING_PASSWORD",
         }
+
+
+def test_model_and_init_from_reach_every_training_variant(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert inputs["model"]["defaultValue"] == "unet" and inputs["init_from"]["defaultValue"] == ""
+    loop = next(t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t)
+    train = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["train"]
+    given = train["inputs"]["parameters"]
+    assert given["init_from"]["componentInputParameter"] == "pipelinechannel--init_from"
+    assert given["model_name"]["componentInputParameter"] == "pipelinechannel--model"
