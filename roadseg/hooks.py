@@ -6,9 +6,10 @@ version below (tests/unit/test_hooks.py checks both). Upgrading one is deliberat
 UPGRADE="-P <package>"`, then `make test`; test_hooks names each hook whose target moved, and the
 hook's own tests (`tests=`) show whether its behaviour still holds. Then raise `version` here.
 
-Where a public setting does the job, there is no hook: BentoML 1.4 builds `uvicorn.Config` itself
-and passes neither a protocol class, a header timeout nor WebSocket options, and labels its
-metrics by raw path, hence the first five.
+Where a public setting does the job, there is no hook. None does for the serving hooks: BentoML
+1.4 builds `uvicorn.Config` itself and passes neither a protocol class, a header timeout nor
+WebSocket options, and labels its metrics by raw path. They are installed in one place,
+`roadseg.serve.protocols.install_protocol_hooks`.
 """
 
 from __future__ import annotations
