@@ -67,6 +67,12 @@ def test_training_with_compile_matches_eager(inductor, tiny_data: Path, tmp_path
             "data.num_workers=0", "model.base_channels=4", "train.image_size=[32,48]",
             "train.batch_size=2", "train.epochs=2", "train.sample_every=5",
             f"train.checkpoint_dir={tmp_path / flag}", f"train.compile={flag}",
+            # No photometric jitter: its blurred and contrast-stretched inputs leave some weights
+            # with near-zero gradients, whose Adam steps (about lr each) take their sign from
+            # float noise, so compiled and eager weights part by up to lr x steps (7e-3 seen);
+            # eager against eager stays bit-identical either way.
+            "augment.brightness=0", "augment.contrast=0", "augment.saturation=0",
+            "augment.hue=0", "augment.blur_prob=0",
         ])  # fmt: skip
         results[flag] = train_model(params, tiny_data, tracking_uri=None, progress=False)
     eager, compiled = results["false"], results["true"]
