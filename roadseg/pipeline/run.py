@@ -94,6 +94,17 @@ class _TaskLog(io.TextIOBase):
         self.log.flush()
 
 
+_EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception|Failed|Interrupt)\b:?.*$")
+
+
+def failure_cause(log_text: str) -> str:
+    """The last exception line a task printed (`ValueError: ...`), so a failed run says why
+    where the log file is gone (CI keeps only the console)."""
+    lines = [_plain(line).strip() for line in log_text.splitlines()]
+    causes = [line for line in lines if _EXCEPTION.match(line)]
+    return causes[-1][:500] if causes else ""
+
+
 def run_local(
     params: Params,
     *,
@@ -162,7 +173,11 @@ def run_local(
         try:
             task = module.training_pipeline(**arguments)
         except RuntimeError as e:
-            raise PipelineFailed(f"{_plain(str(e))} Task logs: {log_path}") from None
+            log.flush()
+            cause = failure_cause(log_path.read_text(errors="replace"))
+            raise PipelineFailed(
+                f"{_plain(str(e))}{f' Cause: {cause}' if cause else ''} Task logs: {log_path}"
+            ) from None
     return json.loads(task.output)
 
 

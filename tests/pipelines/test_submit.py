@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from roadseg.cli import app
-from roadseg.pipeline.run import cron_6_fields, submit_pipeline
+from roadseg.pipeline.run import cron_6_fields, failure_cause, submit_pipeline
 from roadseg.release.runs import comparison_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,3 +142,21 @@ def test_comparison_rows_mark_the_champion() -> None:
     assert [r["champion"] for r in rows] == [False, True]
     assert rows[1]["Mean IoU"] == 0.6 and rows[0]["Pixel Accuracy"] == 0.9
     assert [r["champion"] for r in comparison_rows(result | {"promoted": False})] == [False, False]
+
+
+def test_a_failed_local_run_names_the_last_exception_of_its_log() -> None:
+    # Two variants interleave their output; the cause is the last exception printed, in plain text.
+    log = (
+        "11:54:16 - INFO - Executing task 'train'\n"
+        "[wce] epoch 1/1: train loss 2.7  val mIoU 0.0006\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 3, in <module>\n'
+        "ValueError: an earlier, handled error\n"
+        "\x1b[31mTraceback (most recent call last):\x1b[0m\n"
+        "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked\n"
+        "11:54:33 - ERROR - Task 'train' finished with status FAILURE\n"
+    )
+    assert failure_cause(log) == (
+        "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked"
+    )
+    assert failure_cause("11:54:16 - INFO - Executing task 'train'\n") == ""
