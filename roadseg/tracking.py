@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -178,6 +179,26 @@ def forget_active_run(run_id: str | None) -> None:
     stack.clear()
 
 
+LOCKED = ("database is locked", "database table is locked")
+
+
+def retry_locked(fn: Callable[[], Any], tries: int = 6, first_wait_s: float = 0.5) -> Any:
+    """`fn()`, tried again (0.5, 1, 2, ... s apart) while a SQLite store says it is locked.
+
+    Parallel variants log to one SQLite file in a local run; SQLite refuses a writer at once
+    (busy timeout or not) when two transactions would deadlock on upgrading their locks, and
+    such a refusal is not an unreachable server to fall back from.
+    """
+    for attempt in range(tries):
+        try:
+            return fn()
+        except Exception as e:
+            if attempt == tries - 1 or not any(m in str(e) for m in LOCKED):
+                raise
+            time.sleep(first_wait_s * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 class TrackedRun:
     """One MLflow run (the fluent active run, so `mlflow.pytorch.log_model` logs into it).
 
@@ -219,7 +240,7 @@ class TrackedRun:
     def start(self) -> str:
         configure_http()
         try:
-            self._start_remote()
+            retry_locked(self._start_remote)
         except Exception as e:
             self._fall_back(e)
         return self.run_id  # type: ignore[return-value]
@@ -294,13 +315,13 @@ class TrackedRun:
         self.call(lambda: mlflow.set_tags(tags))
 
     def call(self, fn: Callable[[], Any]) -> Any:
-        """Run one logging call (MLflow retries its own HTTP requests); on failure fall back once
-        and make the call again there.
+        """Run one logging call (MLflow retries its own HTTP requests; a locked SQLite store is
+        waited for, see `retry_locked`); on failure fall back once and make the call again there.
 
         Returns the call's result, or None when even the local store failed (logged, ignored).
         """
         try:
-            return fn()
+            return retry_locked(fn)
         except Exception as e:
             if self.fell_back:
                 self.echo(f"MLflow: logging failed on the local fallback store too ({e}); skipped")

@@ -154,3 +154,43 @@ def test_tracked_run_makes_each_call_once_then_falls_back(tmp_path: Path) -> Non
     finally:
         run.end()
         mlflow.set_tracking_uri(None)
+
+
+def test_a_locked_sqlite_store_is_waited_for_not_fallen_back_from(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Two variants logging to one SQLite file: "database is locked" is tried again in place (the
+    run stays in the shared store, where the registry step looks); other errors are not."""
+    import sqlite3
+
+    import mlflow
+
+    from roadseg import tracking
+    from roadseg.tracking import TrackedRun, retry_locked
+
+    waits: list[float] = []
+    monkeypatch.setattr(tracking.time, "sleep", waits.append)
+    run = TrackedRun(f"sqlite:///{tmp_path / 'a.db'}", "exp", fallback_dir=tmp_path / "fb",
+                     system_metrics=False, echo=pytest.fail)  # fmt: skip
+    calls = []
+
+    def locked_twice() -> str:
+        calls.append(mlflow.get_tracking_uri())
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return "ok"
+
+    try:
+        run.start()
+        assert run.call(locked_twice) == "ok"
+        assert not run.fell_back and all("a.db" in uri for uri in calls) and waits == [0.5, 1.0]
+    finally:
+        run.end()
+        mlflow.set_tracking_uri(None)
+    with pytest.raises(ValueError):
+        retry_locked(lambda: (_ for _ in ()).throw(ValueError("not a lock")))
+    assert waits == [0.5, 1.0]
+    with pytest.raises(sqlite3.OperationalError):
+        retry_locked(
+            lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")), tries=3
+        )
