@@ -115,6 +115,8 @@ class RoadSegService:
     def __is_ready__(self) -> bool:
         return self.state.ready
 
+    # The multipart requests to /segment and /segment/json reach these two methods (the BentoML
+    # clients, HTML forms), after `SegmentRoutes` has checked them; raw bodies it answers itself.
     @bentoml.api(route="/segment")
     async def segment(
         self, image: Path, format: Format | None = None, ctx: bentoml.Context = None
@@ -124,16 +126,21 @@ class RoadSegService:
         `format` may also come as the query parameter `?format=`."""
         query = ctx.request.query_params.get("format") if ctx is not None else None
         data = await run_in_threadpool(Path(image).read_bytes)
-        response = await self.state.segment(data, format or query or "mask")
-        if ctx is not None:  # BentoML applies the context's status to the response
-            ctx.response.status_code = response.status_code
-        return response
+        return _answer(ctx, await self.state.segment(data, format or query or "mask"))
 
     @bentoml.api(route="/segment/json")
-    async def segment_json(self, image: Path) -> SegmentResult:
+    async def segment_json(self, image: Path, ctx: bentoml.Context = None) -> SegmentResult:
         """One JPEG/PNG -> base64 PNG mask, per-class pixel shares, mean confidence, version."""
         data = await run_in_threadpool(Path(image).read_bytes)
-        return await self.state.segment_json(data)
+        return _answer(ctx, await self.state.segment_json(data))
+
+
+def _answer(ctx: bentoml.Context | None, response: Any) -> Any:
+    """A finished response from a typed method: BentoML answers with the context's status (200
+    unless set), whatever the returned response says."""
+    if ctx is not None:
+        ctx.response.status_code = response.status_code
+    return response
 
 
 def _observer() -> Any:

@@ -4,8 +4,9 @@
 limits, the monitoring log and the API key. Every route, typed or legacy, goes through
 `ServingState.infer`, i.e. one batching queue (`roadseg.serve.engine`), and renders through the same
 helpers, so all routes answer the same pixels. `roadseg.serve.httpguard.GuardMiddleware` wraps the
-whole BentoML app (API key, limits, timeouts, `X-Model-Version`). `SegmentRoutes` reads
-`/segment` requests (raw body, as `curl --data-binary @img.jpg`, or multipart `image`).
+whole BentoML app (API key, limits, timeouts, `X-Model-Version`). `SegmentRoutes` checks
+`/segment` requests and answers raw bodies (`curl --data-binary @img.jpg`); multipart `image`
+requests go on to the typed methods.
 """
 
 from __future__ import annotations
@@ -207,15 +208,19 @@ SEGMENT_ROUTES = ("/segment", "/segment/json")
 
 
 class SegmentRoutes:
-    """HTTP requests to `POST /segment` and `/segment/json`, read here and answered through the
-    same `ServingState.segment` / `segment_json` as the typed BentoML methods (which define the
-    schema the BentoML clients read). The image comes as the raw body (`curl --data-binary`, the
-    earlier clients) or as the multipart field `image` (+ `format`; the BentoML clients, forms).
+    """The reader in front of `POST /segment` and `/segment/json`: every request is checked here,
+    then answered by one of two entrances to the same `ServingState.segment` / `segment_json`:
 
-    Read here rather than by BentoML because its typed-route parsing answers a multipart body
-    without `image` with a 500 and a logged traceback, and other mistakes with pydantic's error
-    list; a raw body also needs no multipart round trip, temporary file or pydantic model (a
-    third of the event loop's time per request on the serving hot path).
+    - a raw body (`curl --data-binary @img.jpg`, the earlier clients) is answered here: no
+      multipart round trip, temporary file or pydantic model on the serving hot path;
+    - a multipart body with one `image` file (+ `format`: the BentoML clients, HTML forms) is
+      handed on, its bytes replayed, to the typed `@bentoml.api` methods of `bento/service.py`,
+      which answer it and whose signatures are the schema the BentoML clients read.
+
+    What neither should see gets our JSON error here: a JSON body (415: a typed route would take
+    its `image` string for a server-side path), no `image` or two (422/400), a malformed body
+    (400), a format outside FORMATS (422), before BentoML's parser answers them with pydantic's
+    error list.
     """
 
     def __init__(self, app: Any, state: StateSource) -> None:
@@ -230,7 +235,9 @@ class SegmentRoutes:
             return
         request = Request(scope, receive)
         try:
-            data, fmt = await _segment_input(request)
+            data, fmt, typed = await _segment_input(request)
+            if fmt is not None and fmt not in FORMATS:  # before any decoding or inference
+                raise InputError(format_problem(fmt), 422, "bad_format")
         except ClientDisconnect:
             return  # the guard answered (408, 413) or the client left
         except InputError as e:
@@ -241,6 +248,9 @@ class SegmentRoutes:
             response = JSONResponse(
                 problem_body(503, "unavailable", "model is not loaded yet"), 503
             )
+        elif typed:
+            await self.app(scope, replay(data, receive), send)
+            return
         elif scope["path"] == "/segment":
             response = await state.segment(data, fmt or "mask")
         else:
@@ -248,23 +258,44 @@ class SegmentRoutes:
         await response(scope, receive, send)
 
 
-async def _segment_input(request: Request) -> tuple[bytes, str | None]:
-    """(image bytes, format) of a segment request: multipart `image` + `format`, or the body."""
+def replay(body: bytes, receive: Any) -> Any:
+    """An ASGI `receive` that gives `body` once, then listens to the client (disconnects)."""
+    sent = False
+
+    async def again() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
+
+
+async def _segment_input(request: Request) -> tuple[bytes, str | None, bool]:
+    """(bytes, format, typed) of a segment request. A raw body: (the image, `?format=`, False).
+    A well-formed multipart body with one `image` file: (the whole body, its format, True), for
+    the typed method. Anything else: `InputError`."""
     ctype = request.headers.get("content-type", "").lower()
     query = request.query_params.get("format")
     if ctype.startswith("application/json"):
         raise InputError("send the image as the raw body or as the multipart field `image`",
                          415, "unsupported_media_type")  # fmt: skip
-    if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        return await request.body(), query
+    multipart = ctype.startswith("multipart/form-data")
+    if not multipart and not ctype.startswith("application/x-www-form-urlencoded"):
+        return await request.body(), query, False
+    body = await request.body()  # bounded by the guard's body limit
     try:
-        async with request.form(max_files=1, max_fields=4) as form:
+        form_request = Request(request.scope, replay(body, request.receive))
+        async with form_request.form(max_files=1, max_fields=4) as form:
             images = form.getlist("image")
             if len(images) != 1:
                 raise InputError(f"expected one multipart field `image`, got {len(images)}",
                                  422, "missing_image")  # fmt: skip
             image, fmt = images[0], form.get("format")
-            data = image.encode() if isinstance(image, str) else await image.read()
+            typed = multipart and not isinstance(image, str)  # a file part
+            if not typed:  # a text field (an urlencoded form): its bytes are the image
+                body = image.encode() if isinstance(image, str) else await image.read()
     except (MultiPartException, HTTPException) as e:  # malformed, too many files or fields
         detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e)
         raise InputError(f"bad multipart body: {detail[:200]}", 400, "bad_multipart") from None
@@ -274,4 +305,4 @@ async def _segment_input(request: Request) -> tuple[bytes, str | None]:
         with contextlib.suppress(ValueError, RecursionError):
             decoded = json.loads(fmt)
             fmt = decoded if isinstance(decoded, str) else fmt
-    return data, fmt or query
+    return body, fmt or query, typed

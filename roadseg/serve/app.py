@@ -1,7 +1,8 @@
 """The FastAPI app the BentoML service mounts at `/`: the original projects' routes
 (`roadseg.serve.legacy`), what the served model is (`/classes`, `/metadata`), the live stream
 (`GET /stream`, `roadseg.serve.stream`) and the web UI, with the JSON error body on every error.
-`POST /segment` and `/segment/json` are `roadseg.serve.api.SegmentRoutes` (bento/service.py)."""
+`POST /segment` and `/segment/json` are `roadseg.serve.api.SegmentRoutes` and the typed methods of
+bento/service.py."""
 
 from __future__ import annotations
 

@@ -355,3 +355,33 @@ def test_kitti_segment_and_classes_follow_the_spec(kitti) -> None:
     assert set(np.unique(mask)) <= {0, 1}
     assert [c["name"] for c in client.get("/classes", headers=H).json()] == ["not road", "road"]
     assert client.get("/health").json() == {"status": "healthy"}
+
+
+def test_multipart_requests_are_answered_by_the_typed_methods(served, monkeypatch) -> None:
+    """The typed `@bentoml.api` methods are the real handlers of multipart requests (their
+    signatures are what the BentoML clients read), raw bodies are answered in front of them;
+    both give the same pixels, and a typed method's error keeps its status and JSON body."""
+    import bento.service as service
+
+    client, *_ = served
+    answered: list[int] = []
+    real = service._answer
+    monkeypatch.setattr(
+        service, "_answer", lambda ctx, r: answered.append(r.status_code) or real(ctx, r)
+    )
+    data, pixels = image_bytes(21, 34, seed=11)
+    want = expected_mask(served, pixels)
+    typed = client.post("/segment", files={"image": ("a.png", data)}, headers=H)
+    assert answered == [200]
+    raw = client.post("/segment", content=data, headers={**H, "Content-Type": "image/png"})
+    assert answered == [200], "a raw body is answered before the typed method"
+    for r in (typed, raw):
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        np.testing.assert_array_equal(png_array(r.content), want)
+    shares = client.post("/segment/json", files={"image": ("a.png", data)}, headers=H)
+    assert answered == [200, 200]
+    np.testing.assert_array_equal(png_array(base64.b64decode(shares.json()["mask"])), want)
+    broken = client.post("/segment/json", files={"image": ("a.png", b"junk")}, headers=H)
+    junk = client.post("/segment/json", content=b"junk", headers={**H, "Content-Type": "image/png"})
+    assert answered[-1] == broken.status_code == junk.status_code == 415
+    assert broken.json() == junk.json() and broken.json()["error"] == "not_an_image"
