@@ -1,6 +1,7 @@
 """The packaged model format: what `roadseg package` (roadseg.release.packaging) puts into the
 BentoML model store and a Bento, and how it is read back with no MLflow: the weights,
-`model_spec.json`, the drift reference profile and the lineage labels.
+`model.onnx` (roadseg.models.onnx), `model_spec.json`, the drift reference profile and the
+lineage labels.
 
 `load_packaged_model` returns what `roadseg.models.io.load_model` returns, `(model, spec, info)`,
 with the lineage in `info`; the serving engine loads through either (roadseg.serve.engine).
@@ -17,6 +18,7 @@ import yaml
 from torch import nn
 
 from roadseg.models.io import SPEC_FILE, build_from_spec
+from roadseg.models.onnx import ONNX_FILE
 from roadseg.models.spec import ModelSpec
 
 BENTO_MODEL_NAME = "roadseg-unet"
@@ -95,6 +97,9 @@ def load_packaged_model(
     if info["bento_tag"]:
         # X-Model-Version and the monitoring log then name both the registry version and the Bento.
         info["version"] = f"{info['version']}+{info['bento_tag']}"
+    # The ONNX form `roadseg package` exported beside the weights (older Bentos have none).
+    onnx_file = Path(stored.path_of(ONNX_FILE))
+    info["onnx_path"] = str(onnx_file) if onnx_file.is_file() else None
     profile = Path(stored.path_of(PROFILE_FILE))
     info["reference_profile"] = str(profile) if profile.is_file() else None
     return model.eval(), spec, info

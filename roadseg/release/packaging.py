@@ -1,9 +1,10 @@
 """Registry → Bento: package one registered MLflow version into a self-contained Bento.
 
 `package_model` resolves a `models:/` URI to exactly one registered version, imports it into the
-BentoML model store as `roadseg-unet` (weights, `model_spec.json`, the drift reference profile,
-lineage labels), builds the Bento from `bentofile.yaml` referencing exactly that model, tags the
-MLflow version `bento_tag`, and optionally exports the `.bento` archive::
+BentoML model store as `roadseg-unet` (weights, their ONNX export `model.onnx`,
+`model_spec.json`, the drift reference profile, lineage labels), builds the Bento from
+`bentofile.yaml` referencing exactly that model, tags the MLflow version `bento_tag`, and
+optionally exports the `.bento` archive::
 
     roadseg package --model-uri models:/roadseg-unet@champion --export dist/
     bentoml serve roadseg:<tag>          # no MLflow server needed: the model is in the Bento
@@ -31,6 +32,7 @@ from roadseg.models.bento import (
     PackagingError,
 )
 from roadseg.models.io import SPEC_FILE
+from roadseg.models.onnx import ONNX_FILE
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +130,10 @@ def find_imported(version: RegisteredVersion) -> Any | None:
         return None
     for m in sorted(models, key=lambda m: m.info.creation_time, reverse=True):
         labels = m.info.labels
-        if (labels.get("mlflow_model"), labels.get("mlflow_version")) == (
-            version.name,
-            version.version,
-        ) and labels.get("mlflow_run_id") == version.run_id:
+        same = (labels.get("mlflow_model"), labels.get("mlflow_version"),
+                labels.get("mlflow_run_id")) == (version.name, version.version, version.run_id)  # fmt: skip
+        # one imported before models carried model.onnx is imported again
+        if same and ("onnx_file" in labels or "onnx_export_error" in labels):
             return m
     return None
 
@@ -139,8 +141,10 @@ def find_imported(version: RegisteredVersion) -> Any | None:
 def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
     """Import the version into the BentoML model store (reused when already there); its tag.
 
-    The model directory holds the float32 state dict, `model_spec.json`, `lineage.json` and,
-    when the registry stored one, the drift reference profile; nothing in it needs MLflow.
+    The model directory holds the float32 state dict, `model.onnx` (an export
+    failure is logged and labelled `onnx_export_error`, and the torch weights are still
+    packaged), `model_spec.json`, `lineage.json` and, when the registry stored one, the drift
+    reference profile; nothing in it needs MLflow.
     """
     import bentoml
     import mlflow
@@ -163,9 +167,13 @@ def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
             )
         else:
             log.warning("%s v%s has no drift reference profile", version.name, version.version)
+        onnx_file, onnx_labels = export_for_onnxruntime(unwrap(model), spec, Path(tmp))
+        labels = labels | onnx_labels
         with bentoml.models.create(
             BENTO_MODEL_NAME, labels=labels, metadata={"roadseg_spec": spec.to_dict()}
         ) as bento_model:
+            if onnx_file is not None:
+                shutil.copy(onnx_file, bento_model.path_of(ONNX_FILE))
             state = {k: v.detach().float().cpu() for k, v in unwrap(model).state_dict().items()}
             torch.save(state, bento_model.path_of(WEIGHTS_FILE))
             Path(bento_model.path_of(SPEC_FILE)).write_text(json.dumps(spec.to_dict(), indent=2))
@@ -175,6 +183,22 @@ def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(profile, target)
     return str(bento_model.tag)
+
+
+def export_for_onnxruntime(
+    model: torch.nn.Module, spec: Any, tmp: Path
+) -> tuple[Path | None, dict[str, str]]:
+    """`model.onnx` in `tmp` and its labels (opset, exporter, checker and runtime versions), or
+    (None, the error) when the network does not export: ONNX is an optional second form of the
+    model, so its failure must not cost the Bento its torch weights."""
+    from roadseg.models.onnx import OnnxExportError, export_onnx
+
+    path = tmp / ONNX_FILE
+    try:
+        return path, export_onnx(model, spec, path)
+    except OnnxExportError as e:
+        log.error("%s; packaging the torch weights only (serve.backend: torch)", e)
+        return None, {"onnx_export_error": str(e)[:500]}
 
 
 def build_bento(
