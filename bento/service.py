@@ -97,6 +97,7 @@ class RoadSegService:
         engine, metadata = create_engine(
             uri or (None if bento_dir else DEFAULT_MODEL_URI),
             bento_dir=bento_dir,
+            backend=os.environ.get("ROADSEG_BACKEND") or params.serve.backend,
             max_batch_size=params.serve.batch_size,
             observer=_observer(),
             warm_up=True,

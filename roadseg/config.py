@@ -24,6 +24,9 @@ LossName = Literal["wce", "ohem", "dice", "dice_ce", "iou"]
 LOSS_NAMES: tuple[str, ...] = get_args(LossName)
 ModelName = Literal["unet", "baseline", "unet_effnet_lite0"]
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
+# What runs the network in the service (roadseg.serve.backends); ROADSEG_BACKEND overrides it.
+BackendName = Literal["torch", "onnxruntime"]
+BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
 
 
 class ParamsError(ValueError):
@@ -204,6 +207,8 @@ class ServeParams(_Frozen):
     # served, so many at once would reach gigabytes; beyond it new requests get 429 + Retry-After.
     max_inflight_bytes: int = Field(128 * 2**20, ge=1)
     batch_size: int = Field(8, ge=1)
+    # eager PyTorch, or the packaged model.onnx in ONNX Runtime (CPU; docs: Serving backends)
+    backend: BackendName = "torch"
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
 
 

@@ -10,6 +10,8 @@ that work runs beside the next forward pass instead of in front of it (the same 
 `roadseg.inference.predict.predict`, which composes the same three steps). Batches are filled
 round robin, one image per waiting request in turn, so a 256-image ZIP cannot starve the
 single-image requests that arrive behind it.
+The network is eager torch or ONNX Runtime (`roadseg.serve.backends`, `serve.backend`): both are
+an `nn.Module` from prepared inputs to logits, so nothing here depends on which.
 We batch here rather than with a `@bentoml.api(batchable=True)` method because BentoML only
 batches calls that arrive through its own HTTP routes, and the legacy multipart/ZIP/video
 endpoints live on a mounted FastAPI app; one queue serves them all.
@@ -32,6 +34,7 @@ import torch
 
 from roadseg.inference.predict import Prediction, forward, postprocess, predict, prepare
 from roadseg.models.spec import ModelSpec
+from roadseg.serve.backends import load_backend
 
 logger = logging.getLogger(__name__)
 # (batch_size, seconds) after each forward pass, for metrics.
@@ -247,6 +250,7 @@ def create_engine(
     *,
     bento_dir: str | Path | None = None,
     device: str | None = None,
+    backend: str = "torch",
     max_batch_size: int = 8,
     max_wait_ms: float = 2.0,
     observer: Observer | None = None,
@@ -256,7 +260,10 @@ def create_engine(
     takes), or else the model packaged in the Bento at `bento_dir` (`roadseg.models.bento`, no
     MLflow). Returns the engine and its metadata; a packaged model's adds `bento_tag`,
     `bento_model` and the MLflow `lineage` labels, so `/metadata` shows where it came from.
-    The device defaults to CUDA when available.
+    `backend` is what runs the network (`roadseg.serve.backends`): torch on `device` (CUDA
+    when available), or onnxruntime on the CPU, over the packaged model.onnx; the metadata
+    names it (`backend`, `backend_version`). X-Model-Version stays the model's: both backends
+    answer the same masks.
     """
     if model_uri is not None:
         from roadseg.models.io import load_model
@@ -270,6 +277,15 @@ def create_engine(
         extra = {k: info[k] for k in ("bento_tag", "bento_model", "mlflow_version", "lineage")}
     else:
         raise ValueError("create_engine needs a model URI or a Bento directory")
+    model = load_backend(backend, model, spec, onnx_path=info.get("onnx_path"))
+    runs = {"backend": backend}
+    if backend == "onnxruntime":
+        # CPU only: GPU nodes keep torch unless a CUDA execution provider is measured faster.
+        device = "cpu"
+        runs |= {"backend_version": f"onnxruntime {model.runtime_version}",
+                 "intra_op_threads": model.threads}  # fmt: skip
+    else:
+        runs["backend_version"] = f"torch {torch.__version__}"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     engine = InferenceEngine(
         model,
@@ -282,4 +298,4 @@ def create_engine(
     )
     if warm_up:
         engine.warm_up()
-    return engine, model_metadata(spec, info) | extra | {"device": str(engine.device)}
+    return engine, model_metadata(spec, info) | extra | runs | {"device": str(engine.device)}
