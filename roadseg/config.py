@@ -133,8 +133,15 @@ class AugmentParams(_Frozen):
 
 class ModelParams(_Frozen):
     name: ModelName = "unet"
+    # The KITTI Road binary model (data.dataset: kitti_road), e.g. unet_effnet_lite0 for the
+    # ImageNet encoder; None: `name`, whatever the dataset.
+    kitti_name: ModelName | None = None
     base_channels: int = Field(16, ge=1)
     in_channels: int = Field(3, ge=1)
+
+    def name_for(self, dataset: str) -> str:
+        """The network trained on `data.dataset`."""
+        return (self.kitti_name or self.name) if dataset == "kitti_road" else self.name
 
 
 class LossParams(_Frozen):

@@ -47,7 +47,7 @@ class ModelSpec:
     ) -> ModelSpec:
         table = params.data.class_table
         return cls(
-            model_name=params.model.name,
+            model_name=params.model.name_for(params.data.dataset),
             num_classes=params.data.num_classes,
             in_channels=params.model.in_channels,
             base_channels=params.model.base_channels,

@@ -281,7 +281,7 @@ def start_tracking(
         fallback_dir=ckpt_dir / "mlruns-fallback",
         run_id=run_id,
         run_name=run_name,
-        tags={"roadseg.model": params.model.name, "roadseg.loss": params.loss.name},
+        tags={"roadseg.model": data.spec.model_name, "roadseg.loss": params.loss.name},
         echo=echo,
     )
     run.start()

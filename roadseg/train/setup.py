@@ -147,9 +147,8 @@ def build_data(
     val_samples = list_split(data_dir, params, "val")
     if spec is None:
         norm = (init.spec.mean, init.spec.std) if init else None
-        mean, std = (
-            norm or PRETRAINED_NORMALIZATION.get(params.model.name) or image_stats(train_samples)
-        )
+        name = params.model.name_for(params.data.dataset)
+        mean, std = norm or PRETRAINED_NORMALIZATION.get(name) or image_stats(train_samples)
         spec = ModelSpec.from_params(params, mean=mean, std=std, loss=params.loss.name)
     weights = None
     if params.loss.name in WEIGHTED_LOSSES:
