@@ -188,17 +188,28 @@ def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
 def export_for_onnxruntime(
     model: torch.nn.Module, spec: Any, tmp: Path
 ) -> tuple[Path | None, dict[str, str]]:
-    """`model.onnx` in `tmp` and its labels (opset, exporter, checker and runtime versions), or
-    (None, the error) when the network does not export: ONNX is an optional second form of the
-    model, so its failure must not cost the Bento its torch weights."""
+    """`model.onnx` in `tmp`, checked by the ONNX checker and against torch in ONNX Runtime, and
+    its labels (opset, exporter, checker and runtime versions); or (None, the error) when the
+    network does not export: ONNX is an optional second form of the model, so its failure must
+    not cost the Bento its torch weights."""
+    import onnx
+
     from roadseg.models.onnx import OnnxExportError, export_onnx
+
+    def without_onnx(error: str) -> tuple[None, dict[str, str]]:
+        log.error("%s; packaging the torch weights only (serve.backend: torch)", error)
+        return None, {"onnx_export_error": error[:500]}
 
     path = tmp / ONNX_FILE
     try:
-        return path, export_onnx(model, spec, path)
+        labels = export_onnx(model, spec, path)
     except OnnxExportError as e:
-        log.error("%s; packaging the torch weights only (serve.backend: torch)", e)
-        return None, {"onnx_export_error": str(e)[:500]}
+        return without_onnx(str(e))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        return without_onnx(f"ONNX export of model {spec.model_name!r} fails the checker: {e}")
+    return path, labels | {"onnx_checker": f"onnx {onnx.__version__}"}
 
 
 def build_bento(

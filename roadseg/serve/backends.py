@@ -136,5 +136,5 @@ def load_backend(
     log.warning("no packaged %s for %s: exporting it now", ONNX_FILE, spec.model_name)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / ONNX_FILE
-        export_onnx(model, spec, path, check=False)
+        export_onnx(model, spec, path)
         return OnnxRuntimeModel(path, threads=threads)  # the session holds the graph in memory

@@ -91,7 +91,8 @@ class _Unexportable(nn.Module):
 
 def test_export_labels_and_a_clear_error(tmp_path) -> None:
     model, spec = random_unet(base_channels=4)
-    labels = export_onnx(model, spec, tmp_path / "model.onnx")
+    path, labels = export_for_onnxruntime(model, spec, tmp_path)
+    assert path.is_file() and labels["onnx_file"] == path.name == "model.onnx"
     assert labels["onnx_opset"] == "17" and labels["onnx_checker"].startswith("onnx ")
     assert labels["onnxruntime_version"] and "torch" in labels["onnx_exporter"]
 
