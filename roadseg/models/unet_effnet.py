@@ -33,7 +33,9 @@ class DecoderBlock(nn.Module):
 
 
 class UNetEffNetLite0(nn.Module):
-    """U-Net with an EfficientNet-Lite0 encoder; decoder widths base*4, *2, *1, /2, /4.
+    """U-Net with an EfficientNet-Lite0 encoder; decoder widths base*8, *4, *2, *1, *1 (at 1/16
+    to full resolution; base 32 gives segmentation_models.pytorch's 256..32). The last two are
+    not narrowed further: a head reading 4 channels (base 16 / 4) cannot tell 14 classes apart.
 
     Shape:
         x: (N, 3, H, W) -> logits (N, num_classes, H, W), any H, W (odd sizes too)
@@ -52,8 +54,8 @@ class UNetEffNetLite0(nn.Module):
             raise ValueError(f"base_channels must be at least 4, got {base_channels}")
         self.encoder = pretrained_encoder() if pretrained else EfficientNetLite0()
         del self.encoder._fc  # the ImageNet classifier: not part of the segmentation network
-        widths = [base_channels * 4, base_channels * 2, base_channels, base_channels // 2,
-                  base_channels // 4]  # fmt: skip
+        widths = [base_channels * 8, base_channels * 4, base_channels * 2, base_channels,
+                  base_channels]  # fmt: skip
         skips = [*reversed(SKIP_CHANNELS[:-1]), 0]  # 1/16, 1/8, 1/4, 1/2, then none
         c_in, blocks = SKIP_CHANNELS[-1], []
         for c_skip, c_out in zip(skips, widths, strict=True):

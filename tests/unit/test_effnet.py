@@ -176,3 +176,27 @@ def test_encoder_batch_norm_statistics_stay_pretrained_while_the_rest_trains(par
     freeze_encoder_statistics(model, thawed)
     model(torch.randn(2, 3, 64, 64) * 3 + 1)
     assert not torch.equal(model.encoder._bn0.running_mean, before)
+
+
+def test_pretrained_encoder_features_of_a_real_image_are_not_a_random_encoders(
+    real_sample: Path,
+) -> None:
+    """The segmentation network's encoder, fed a real street as training feeds it, answers with
+    ImageNet's features at every skip: far from what the same network with a random encoder gives
+    (a wiring slip that dropped the weights, e.g. a rebuilt encoder, would make them equal)."""
+    from roadseg.data.bdd100k import read_image
+    from roadseg.data.transforms import normalize, resize_image
+
+    path = sorted((real_sample / "images/10k/val").glob("*.jpg"))[0]
+    x = normalize(resize_image(read_image(path), (128, 224)), IMAGENET_MEAN, IMAGENET_STD)[None]
+    torch.manual_seed(0)
+    kw = {"in_channels": 3, "num_classes": 14, "base_channels": 4}
+    pretrained = build_model("unet_effnet_lite0", pretrained=True, **kw).eval()
+    random = build_model("unet_effnet_lite0", **kw).eval()
+    with torch.no_grad():
+        ours, theirs = pretrained.encoder.features(x), random.encoder.features(x)
+        reference = pretrained_encoder().eval().features(x)
+    for level, (a, b, ref) in enumerate(zip(ours, theirs, reference, strict=True)):
+        torch.testing.assert_close(a, ref, msg=f"level {level}: not the checkpoint's encoder")
+        assert (a - b).norm() > 0.5 * a.norm(), f"level {level}: close to a random encoder's"
+        assert a.std() > 0.01, f"level {level}: flat features"
