@@ -16,6 +16,7 @@ for limits and batching).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -30,9 +31,10 @@ from starlette.exceptions import HTTPException
 from roadseg.serve.api import Format, SegmentRoutes, ServingState
 from roadseg.serve.app import build_app
 from roadseg.serve.httpguard import GuardMiddleware
+from roadseg.serve.lifecycle import die_with_parent, model_source
 from roadseg.serve.protocols import install_protocol_hooks
 
-DEFAULT_MODEL_URI = "models:/roadseg-unet@champion"
+logger = logging.getLogger("roadseg.serve")
 UI_DIR = Path(__file__).resolve().parent / "ui"
 
 
@@ -67,7 +69,18 @@ class SegmentResult(BaseModel):
 class RoadSegService:
     """Road-scene semantic segmentation (BDD100k 14 classes, or KITTI Road's binary model)."""
 
+    @bentoml.on_deployment
+    def check_model() -> None:
+        """Once, in the main process, before any worker: a model that cannot be served stops
+        the server with exit code 1 and one line naming it and why (no worker restart loop)."""
+        from roadseg.serve.lifecycle import check_model
+
+        checked = check_model(__file__)
+        logger.info("serving %s (%s, version %s)", checked["source"], checked["model_name"],
+                    checked["version"])  # fmt: skip
+
     def __init__(self) -> None:
+        die_with_parent()  # a SIGKILLed manager takes its workers along
         from roadseg.config import load_params
         from roadseg.monitor.log import MonitorLog
         from roadseg.serve.decoding import Limits
@@ -87,15 +100,9 @@ class RoadSegService:
             ),
             ui_dir=UI_DIR,
         )
-        # model source: ROADSEG_MODEL_URI (any MLflow URI or checkpoint) when set; else, served
-        # from a built Bento, the model `roadseg package` put in it (no MLflow needed); else the
-        # registry's champion (development: `bentoml serve bento.service:RoadSegService`).
-        from roadseg.models.bento import bento_of
-
-        uri = os.environ.get("ROADSEG_MODEL_URI")
-        bento_dir = None if uri else bento_of(__file__)
+        uri, bento_dir = model_source(__file__)
         engine, metadata = create_engine(
-            uri or (None if bento_dir else DEFAULT_MODEL_URI),
+            uri,
             bento_dir=bento_dir,
             backend=os.environ.get("ROADSEG_BACKEND") or params.serve.backend,
             max_batch_size=params.serve.batch_size,
@@ -115,6 +122,14 @@ class RoadSegService:
 
     def __is_ready__(self) -> bool:
         return self.state.ready
+
+    @bentoml.on_shutdown
+    async def shutdown(self) -> None:
+        """After uvicorn has drained the requests in flight: the monitoring rows still queued are
+        written and the batching queue stops."""
+        await run_in_threadpool(self.state.flush, 10.0)
+        if self.state.engine is not None:
+            await self.state.engine.close()
 
     # The multipart requests to /segment and /segment/json reach these two methods (the BentoML
     # clients, HTML forms), after `SegmentRoutes` has checked them; raw bodies it answers itself.

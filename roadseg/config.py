@@ -217,6 +217,9 @@ class ServeParams(_Frozen):
     # eager PyTorch, or the packaged model.onnx in ONNX Runtime (CPU; docs: Serving backends)
     backend: BackendName = "torch"
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    # SIGTERM: new connections refused, requests in flight finish within this, then the worker
+    # stops (the Deployment's terminationGracePeriodSeconds must exceed it plus the preStop pause).
+    drain_seconds: int = Field(30, ge=1)
 
 
 class StreamParams(_Frozen):

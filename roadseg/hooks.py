@@ -98,6 +98,8 @@ HOOKS: tuple[Hook, ...] = (
             "send",
             "on_task_complete",
             "connection_lost",
+            "shutdown",
+            "stop_keepalive",
             "conn",
             "queue",
             "writable",

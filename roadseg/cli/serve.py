@@ -22,8 +22,11 @@ def serve(
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Run the BentoML service locally (`bentoml serve bento.service:RoadSegService`)."""
-    import subprocess
+    """Run the BentoML service locally (`bentoml serve bento.service:RoadSegService`).
+
+    This process becomes the server (exec): SIGTERM/SIGINT reach BentoML's process manager,
+    which drains its workers (`serve.drain_seconds`) and leaves no process behind; a model that
+    cannot be served ends it with exit code 1 and one line saying why."""
     import sys
 
     if set_:
@@ -36,12 +39,12 @@ def serve(
         env["ROADSEG_PARAMS"] = str(params.resolve())
     port = port or p.serve.port
     service = "bento.service:RoadSegService"
-    cmd = [sys.executable, "-m", "bentoml", "serve", service, "--port", str(port)]
-    try:
-        code = subprocess.call(cmd, cwd=REPO, env=env)
-    except KeyboardInterrupt:
-        code = 130
-    raise typer.Exit(code)
+    cmd = [sys.executable, "-m", "bentoml", "serve", service, "--port", str(port),
+           "--timeout-graceful-shutdown", str(p.serve.drain_seconds)]  # fmt: skip
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(REPO)
+    os.execve(sys.executable, cmd, env)
 
 
 @app.command("stream")

@@ -18,6 +18,8 @@ uvicorn 0.5x runs WebSockets on `websockets`' sans-I/O protocol (`WebSocketsSans
   that never reads grows the server's send buffer without bound. Here pings beyond PING_RATE per
   second (burst PING_BURST) close with 1008, and no pong is queued while the send buffer is full.
 - a text message that is not UTF-8 is logged with a traceback; here it is one log line (1007).
+- on shutdown (SIGTERM) it closes open streams with 1012 (service restart); here with 1001 (going
+  away: this server is stopping, the client reconnects to another replica).
 - closing a connection whose peer reads nothing (or vanished) waits for the send buffer to drain,
   i.e. forever: here the transport is aborted ABORT_AFTER seconds after the app ended or the
   keepalive ping went unanswered, so a half-open or never-reading client cannot hold a socket
@@ -145,6 +147,19 @@ class WebSocketGuard:
             self.transport.close()
         if self.close_timer is None:  # uvicorn closes at once when the app ends unless set
             self.close_timer = self.loop.call_later(ABORT_AFTER, self.abort)
+
+    def shutdown(self) -> None:
+        """The server is stopping: an open stream is closed with 1001 (going away) and the app
+        told so; anything else as uvicorn does."""
+        if self.close_sent or not self.handshake_complete:
+            super().shutdown()
+            return
+        self.stop_keepalive()  # type: ignore[attr-defined]
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001})
+        self.conn.send_close(1001, "server shutting down")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
 
     def keepalive_timeout(self) -> None:
         super().keepalive_timeout()  # sends 1011 but does not tell the app

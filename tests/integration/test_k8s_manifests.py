@@ -489,7 +489,10 @@ def test_service_port_probes_and_metrics_match_the_bento_service(rendered, param
 
 
 def test_env_names_match_what_the_service_reads(rendered) -> None:
-    source = (REPO / "bento/service.py").read_text()
+    # The service's start-up reads them in these two files.
+    source = "".join(
+        (REPO / f).read_text() for f in ("bento/service.py", "roadseg/serve/lifecycle.py")
+    )
     read = set(re.findall(r"os\.environ(?:\.get)?[\(\[]\s*\"(ROADSEG_\w+)\"", source))
     assert {"ROADSEG_MODEL_URI", "ROADSEG_API_KEY", "ROADSEG_MONITOR_DIR"} <= read
     default_uri = re.search(r"DEFAULT_MODEL_URI\s*=\s*\"([^\"]+)\"", source).group(1)
@@ -708,3 +711,21 @@ def test_deploy_docs_commands_use_the_pinned_images() -> None:
     assert len({tags[SERVICE_IMAGE], tags[PIPELINE_IMAGE], tags[f"{reg}/roadseg-mlflow"]}) == 1
     assert "kubectl apply -k k8s/overlays/prod" in section
     assert "X-API-Key" in section and "roadseg pipeline submit --host" in section
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pod_drains_within_its_grace_period_and_says_why_it_failed(rendered, overlay) -> None:
+    """SIGTERM: the preStop pause, then serve.drain_seconds for the requests in flight, both
+    inside the grace period; a failed start leaves its one-line reason as the termination
+    message."""
+    from roadseg.config import load_params
+
+    _, docs = rendered[overlay]
+    pod, bento = _pod_spec(_find(docs, "Deployment", "roadseg-service")), _bento(docs)
+    args = bento["args"]
+    drain = int(args[args.index("--timeout-graceful-shutdown") + 1])
+    assert drain == load_params().serve.drain_seconds
+    pause = bento["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep" and pause[1].isdigit()
+    assert int(pause[1]) + drain < pod["terminationGracePeriodSeconds"]
+    assert bento["terminationMessagePolicy"] == "FallbackToLogsOnError"
