@@ -21,7 +21,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from roadseg.testing import free_port, save_random_checkpoint
+from roadseg.testing import free_port, params_with, save_random_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -84,16 +84,20 @@ def test_a_model_that_cannot_be_served_exits_1_with_one_line(
 
 
 @pytest.fixture()
-def served(tmp_path: Path):
+def served(tmp_path: Path, request: pytest.FixtureRequest):
     ckpt = tmp_path / "model.pt"
     save_random_checkpoint(ckpt, base_channels=4, seed=0)
     port = free_port()
     log = tmp_path / "serve.log"
+    args = ["--model-uri", str(ckpt), "--port", str(port)]
+    edits = getattr(request, "param", None)  # params.yaml edits for this service
+    if edits:
+        args += ["--params", str(params_with(tmp_path / "params.yaml", edits))]
     env = {
         "ROADSEG_MONITOR_DIR": str(tmp_path / "monitoring"),
         "BENTOML_HOME": str(tmp_path / "bentoml"),
     }
-    proc = _serve(["--model-uri", str(ckpt), "--port", str(port)], env, log)
+    proc = _serve(args, env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -178,3 +182,30 @@ def test_sigterm_closes_an_open_stream_with_going_away(served) -> None:
                 ws.recv(timeout=30)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
     assert proc.wait(60) == 0
+
+
+@pytest.mark.parametrize(
+    "served", [{"max_inflight_bytes: 134217728": "max_inflight_bytes: 3000000"}], indirect=True
+)
+def test_busy_answers_are_json_over_a_real_socket(served) -> None:
+    """Concurrent large uploads beyond the in-flight budget: every 429 carries the JSON error
+    body, its Content-Type and Retry-After, read by a real client (not an empty body)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, port, _ = served
+    image = png_bytes(np.random.default_rng(1).integers(0, 255, (900, 900, 3), dtype=np.uint8))
+    assert len(image) > 2_000_000
+
+    def post(_: int) -> httpx.Response:
+        headers = {"Content-Type": "image/png"}
+        return httpx.post(
+            f"http://127.0.0.1:{port}/segment", content=image, headers=headers, timeout=60
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))
+    busy = [r for r in answers if r.status_code == 429]
+    assert busy and any(r.status_code == 200 for r in answers), [r.status_code for r in answers]
+    for r in busy:
+        assert r.headers["content-type"] == "application/json" and r.headers["retry-after"] == "1"
+        assert r.json()["error"] == "busy" and r.json()["status"] == 429
