@@ -34,8 +34,8 @@ from roadseg.inference.predict import Prediction
 from roadseg.inference.render import colorize, encode_png, overlay
 from roadseg.monitor.log import BackgroundJobs, MonitorLog
 from roadseg.serve.decoding import Budget, Limits, decode_image
-from roadseg.serve.engine import InferenceEngine
-from roadseg.serve.errors import InputError, error_response, problem_body
+from roadseg.serve.engine import EngineUnavailable, InferenceEngine
+from roadseg.serve.errors import InputError, error_response, problem_body, retry_later
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +98,11 @@ class ServingState:
     async def infer(self, images: list[np.ndarray]) -> list[Prediction]:
         """The one inference path: the batching queue; the monitoring log is fed in the
         background (a small copy of each image's pixels is all it keeps, see `record_features`)."""
-        if self.monitor is None:
-            return await self.require_engine().predict(images)
-        return await self.require_engine().predict(
-            images, then=functools.partial(record_features, self)
-        )
+        then = None if self.monitor is None else functools.partial(record_features, self)
+        try:
+            return await self.require_engine().predict(images, then=then)
+        except EngineUnavailable as e:
+            raise retry_later(str(e)) from None
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Write the monitoring rows still queued (tests, shutdown); False on timeout."""

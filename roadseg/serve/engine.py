@@ -43,6 +43,11 @@ Observer = Callable[[int, float], None]
 AfterHook = Callable[[Sequence[np.ndarray], list[Prediction]], None]
 
 
+class EngineUnavailable(RuntimeError):
+    """The batching worker stopped (shutdown, or it died) with this request's images queued or
+    in its batch: the request may be retried (503 + Retry-After), it never waits for nothing."""
+
+
 class InferenceEngine:
     """A loaded model behind an asyncio batching queue."""
 
@@ -70,6 +75,7 @@ class InferenceEngine:
         self._preparing = 0  # requests resizing their images: they will queue them next
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._in_batch: list[asyncio.Future] = []  # the futures of the batch being computed
         # One inference thread: the model is not re-entrant-safe on every backend and torch
         # already parallelises inside an op.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roadseg-infer")
@@ -152,8 +158,7 @@ class InferenceEngine:
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
-            self._requests = deque()
-            self._arrived = asyncio.Event()
+            self._arrived = asyncio.Event()  # bound to this loop; queued requests are kept
             self._worker = asyncio.get_running_loop().create_task(self._run())
 
     def _take(self, n: int) -> list:
@@ -172,6 +177,22 @@ class InferenceEngine:
         return items
 
     async def _run(self) -> None:
+        try:
+            await self._serve_batches()
+        finally:  # cancelled (shutdown) or died: nobody may wait for a batch that never comes
+            self._fail_waiting(EngineUnavailable("the model worker stopped; retry the request"))
+
+    def _fail_waiting(self, error: Exception) -> None:
+        """Fail every request still waiting in the queue or in the batch being computed."""
+        for fut in self._in_batch:
+            if not fut.done():
+                fut.set_exception(error)
+        while self._requests:
+            for _, fut in self._requests.popleft():
+                if not fut.done():
+                    fut.set_exception(error)
+
+    async def _serve_batches(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             while not self._requests:
@@ -192,8 +213,10 @@ class InferenceEngine:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 items += self._take(self.max_batch_size - len(items))
             live = [(im, fut) for im, fut in items if not fut.done()]  # drop cancelled requests
+            self._in_batch = [fut for _, fut in live]
             if live:
                 await self._run_batch(loop, live)
+            self._in_batch = []
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, live: list) -> None:
         """One forward pass for the batch; on failure, input by input, so that one bad input

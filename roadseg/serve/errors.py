@@ -31,14 +31,23 @@ class InputError(ValueError):
         return problem_body(self.status, self.problem, str(self))
 
 
+def retry_later(detail: str) -> HTTPException:
+    """503 + Retry-After: the request was fine, the server could not finish it now."""
+    exc = HTTPException(503, detail, headers={"Retry-After": "1"})
+    exc.problem = "unavailable"  # type: ignore[attr-defined]
+    return exc
+
+
 def error_response(exc: Exception) -> JSONResponse:
     """A JSON 4xx/5xx body for an `InputError` or an `HTTPException` (anything else re-raised)."""
     if isinstance(exc, InputError):
         return JSONResponse(exc.to_dict(), exc.status)
     if isinstance(exc, HTTPException):
-        problem = HTTP_PROBLEMS.get(exc.status_code, "bad_request")
+        problem = getattr(exc, "problem", None) or HTTP_PROBLEMS.get(exc.status_code, "bad_request")
         return JSONResponse(
-            problem_body(exc.status_code, problem, str(exc.detail)), exc.status_code
+            problem_body(exc.status_code, problem, str(exc.detail)),
+            exc.status_code,
+            headers=exc.headers,
         )
     raise exc
 

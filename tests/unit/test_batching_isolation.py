@@ -235,3 +235,56 @@ def test_the_batch_wait_is_only_for_requests_on_their_way():
     assert [len(batch) for batch in model.seen] == [1, 2]
     assert alone[0].mask.tolist() == a[0].mask.tolist() == [[0] * 5] * 3
     assert b[0].mask.tolist() == [[1] * 5] * 3
+
+
+class Stalling(Probe):
+    """A forward pass that takes a while, so the worker can stop in the middle of one."""
+
+    started = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.started += 1
+        time.sleep(0.3)
+        return super().forward(x)
+
+
+def test_a_stopped_worker_fails_its_batch_and_queue_with_retry_never_a_hang():
+    """The batching worker stops mid-batch (shutdown, or it died): the request in its batch and
+    the requests queued behind it get EngineUnavailable at once (the service answers 503 with
+    Retry-After); a later request starts a new worker and is served."""
+    from roadseg.serve.engine import EngineUnavailable
+
+    engine = InferenceEngine(Stalling(), SPEC, {}, max_batch_size=1, max_wait_ms=0)
+
+    async def run():
+        first = asyncio.ensure_future(engine.predict([image(GOOD)]))
+        queued = asyncio.ensure_future(engine.predict([image(MARKED)]))
+        while not engine.model.started:  # the first batch is in the forward pass
+            await asyncio.sleep(0.01)
+        engine._worker.cancel()
+        outcome = await asyncio.wait_for(asyncio.gather(first, queued, return_exceptions=True), 2)
+        again = await asyncio.wait_for(engine.predict([image(MARKED)]), 5)
+        return outcome, again
+
+    (first, queued), again = asyncio.run(run())
+    assert isinstance(first, EngineUnavailable) and isinstance(queued, EngineUnavailable)
+    assert again[0].mask.shape == (3, 5) and (again[0].mask == 1).all()
+
+
+def test_the_service_answers_a_stopped_worker_with_503_and_retry_after():
+    from roadseg.serve.api import ServingState
+    from roadseg.serve.engine import EngineUnavailable
+    from roadseg.serve.errors import error_response
+
+    class Stopped:
+        ready = True
+
+        async def predict(self, images, then=None):
+            raise EngineUnavailable("the model worker stopped; retry the request")
+
+    state = ServingState(engine=Stopped())
+    with pytest.raises(Exception) as raised:
+        asyncio.run(state.infer([image(GOOD)]))
+    response = error_response(raised.value)
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert b'"error":"unavailable"' in response.body and b"retry" in response.body
