@@ -238,6 +238,11 @@ class DriftParams(_Frozen):
     threshold: float = Field(0.5, gt=0.0, le=1.0)
     stattest_threshold: float = Field(0.05, gt=0.0, lt=1.0)
     log_dir: str = "monitoring"
+    # What `roadseg drift` does on drift besides the alert: `retrain` starts the training
+    # pipeline when the dataset changed since the champion's (roadseg/monitor/retrain.py).
+    on_drift: Literal["alert", "retrain"] = "alert"
+    # After a drift-started run, no other starts for this long, whatever the episode.
+    cooldown_hours: float = Field(24.0, ge=0.0)
 
 
 class PipelineParams(_Frozen):
