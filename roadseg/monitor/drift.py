@@ -377,10 +377,12 @@ def check_drift(
     reference, or the most common version in the logs.
     """
     out = Path(out_dir)
+    cur_df = load_profile(current)
+    if cur_df.empty:  # a log that exists but holds no record: nothing served since rotation
+        raise ValueError(f"empty monitoring log: {current} holds no served images")
     ref_df, ref_version = resolve_reference(
         reference, tracking_uri=tracking_uri, dst=out / "reference"
     )
-    cur_df = load_profile(current)
     if model_version is None:
         model_version = ref_version
     if model_version is None and "model_version" in cur_df.columns and len(cur_df):

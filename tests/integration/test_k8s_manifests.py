@@ -536,6 +536,7 @@ def test_drift_cronjob_command_is_accepted_by_the_cli(rendered) -> None:
         == f"http://pushgateway:{_find(docs, 'Service', 'pushgateway')['spec']['ports'][0]['port']}"
     )
     assert ctx.params["reference"] == "<ROADSEG_MODEL_URI>"  # from roadseg-service-config
+    assert ctx.params["on_drift"] in ("alert", "retrain")  # drift.on_drift's values
     from roadseg.monitor.drift import (
         PUSHGATEWAY_JOB,  # the job `roadseg drift --pushgateway` pushes as
     )
