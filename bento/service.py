@@ -32,6 +32,7 @@ from roadseg.serve.api import Format, SegmentRoutes, ServingState
 from roadseg.serve.app import build_app
 from roadseg.serve.httpguard import GuardMiddleware
 from roadseg.serve.lifecycle import die_with_parent, model_source
+from roadseg.serve.openapi import DocumentRoutes
 from roadseg.serve.protocols import install_protocol_hooks
 
 logger = logging.getLogger("roadseg.serve")
@@ -185,3 +186,7 @@ RoadSegService.add_asgi_middleware(GuardMiddleware, state=current_state)
 # this module before it builds the server and the app.
 install_protocol_hooks(current_state)
 RoadSegService.add_asgi_middleware(SegmentRoutes, state=current_state)
+# /docs.json as the service really answers: every status, the problem body (roadseg/serve/openapi.py).
+RoadSegService.add_asgi_middleware(
+    DocumentRoutes, api_key=lambda: getattr(current_state(), "api_key", None)
+)

@@ -35,7 +35,7 @@ from roadseg.inference.render import colorize, encode_png, overlay
 from roadseg.monitor.log import BackgroundJobs, MonitorLog
 from roadseg.serve.decoding import Budget, Limits, decode_image
 from roadseg.serve.engine import EngineUnavailable, InferenceEngine
-from roadseg.serve.errors import InputError, error_response, problem_body, retry_later
+from roadseg.serve.errors import InputError, error_response, problem_response, retry_later
 
 logger = logging.getLogger(__name__)
 
@@ -245,9 +245,7 @@ class SegmentRoutes:
             return
         state = resolve_state(self.state)
         if state is None:
-            response = JSONResponse(
-                problem_body(503, "unavailable", "model is not loaded yet"), 503
-            )
+            response = problem_response(503, "not_ready", "model is not loaded yet")
         elif typed:
             await self.app(scope, replay(data, receive), send)
             return

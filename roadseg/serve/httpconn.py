@@ -76,12 +76,13 @@ def route_label(path: str) -> str:
 
 
 def raw_http_error(status: int, reason: str, problem: str, detail: str) -> bytes:
-    """A complete `Connection: close` HTTP/1.1 answer with a JSON body, for the protocol layer."""
-    from roadseg.serve.errors import problem_body
+    """A complete `Connection: close` HTTP/1.1 answer with the problem body, for the protocol
+    layer."""
+    from roadseg.serve.errors import PROBLEM_JSON, problem_body
 
     body = json.dumps(problem_body(status, problem, detail)).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: {PROBLEM_JSON}\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body

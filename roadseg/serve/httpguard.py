@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
 
 from roadseg.serve.api import (
     MAX_HEADER_BYTES,
@@ -26,13 +26,38 @@ from roadseg.serve.api import (
     resolve_state,
 )
 from roadseg.serve.auth import read_api_key
-from roadseg.serve.errors import error_response, problem_body
+from roadseg.serve.errors import PROBLEM_JSON, error_response, problem_response
 
 logger = logging.getLogger(__name__)
 
 MULTIPART_SPARE_PARTS = 16  # form fields beyond the images a request may carry
 HTTP_STATUSES = {s.value for s in HTTPStatus}
 PROBLEMS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+KEPT_HEADERS = (b"allow", b"retry-after", b"www-authenticate")
+HELD_BODY_LIMIT = 4096  # of a replaced error body: enough for its message
+
+
+def held_detail(status: int, body: bytes) -> str:
+    """The message of an error body being replaced: its JSON `detail`/`error` text when it is a
+    short string (BentoML's, FastAPI's), else the status phrase; pydantic error lists name
+    their fields only (never echoing input)."""
+    phrase = HTTPStatus(status).phrase if status in HTTP_STATUSES else "Error"
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return phrase
+    if not isinstance(data, dict):
+        return phrase
+    detail = data.get("detail")
+    if isinstance(detail, list):
+        fields = sorted(
+            {".".join(str(p) for p in e.get("loc", ())) for e in detail if isinstance(e, dict)}
+        )
+        return (
+            f"invalid or missing request field(s): {', '.join(fields)[:300]}" if fields else phrase
+        )
+    text = detail if isinstance(detail, str) else data.get("error")
+    return text[:300] if isinstance(text, str) and text else phrase
 
 
 class GuardMiddleware:
@@ -157,7 +182,9 @@ class Exchange:
         self.deadline = asyncio.get_running_loop().time() + limits.max_body_seconds
         self.route: asyncio.Task | None = None
         self.watcher: asyncio.Task | None = None
-        self.held_status = 0  # a non-JSON error answer being replaced by a JSON one
+        self.held_status = 0  # an error answer without the problem body, being replaced
+        self.held_headers: dict[str, str] = {}
+        self.held_body = b""
         self.parts = PartCounter(scope, limits.max_zip_entries + MULTIPART_SPARE_PARTS)
 
     async def send(self, message: dict) -> None:
@@ -167,28 +194,40 @@ class Exchange:
             self.started = True
             headers = dict(message.get("headers", []))
             ctype = headers.get(b"content-type", b"")
-            if message["status"] >= 400 and not ctype.startswith(b"application/json"):
-                self.held_status = message["status"]  # e.g. the router's text/plain 404/405
+            if message["status"] >= 400 and not ctype.startswith(PROBLEM_JSON.encode()):
+                # e.g. the router's text/plain 404/405, BentoML's own JSON errors: replaced by
+                # the problem body, keeping the headers that tell the client what to do next.
+                self.held_status = message["status"]
+                self.held_headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                                     for k, v in headers.items() if k.lower() in KEPT_HEADERS}  # fmt: skip
+                self.held_body = b""
                 return
             message["headers"] = [*message.get("headers", []), (b"x-model-version", self.version)]
         elif self.held_status:
+            if len(self.held_body) < HELD_BODY_LIMIT:
+                self.held_body += message.get("body", b"")[:HELD_BODY_LIMIT]
             if not message.get("more_body", False):
                 status, self.held_status = self.held_status, 0
-                phrase = HTTPStatus(status).phrase if status in HTTP_STATUSES else "Error"
                 problem = PROBLEMS.get(status, "bad_request" if status < 500 else "server_error")
                 self.started = False
-                await self.answer(status, problem, phrase)
+                await self.answer(status, problem, held_detail(status, self.held_body),
+                                  self.held_headers)  # fmt: skip
             return
         await self._send(message)
 
-    async def answer(self, status: int, problem: str, detail: str) -> None:
-        """The guard's own JSON answer (only if the route has not started one)."""
+    async def answer(
+        self, status: int, problem: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        """The guard's own problem answer (only if the route has not started one)."""
         if not self.started and not self.answered:
-            # the body is left unread: the connection cannot carry another request
-            headers = {"connection": "close"} if status in (408, 413, 429) else {}
+            headers = dict(headers or {})
+            if status in (408, 413, 429):  # the body is left unread: the connection is done
+                headers["connection"] = "close"
             if status == 429:
                 headers["retry-after"] = "1"
-            await JSONResponse(problem_body(status, problem, detail), status, headers=headers)(
+            if status == 401:  # RFC 9110: a 401 names the scheme it wants
+                headers.setdefault("www-authenticate", 'Bearer realm="roadseg"')
+            await problem_response(status, problem, detail, headers)(
                 self.scope, self._receive, self.send
             )
         self.answered = True

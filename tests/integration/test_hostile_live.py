@@ -272,8 +272,10 @@ def test_requests_the_http_parser_rejects_get_json_400(live, request_bytes) -> N
     got, _ = read_until_closed(s, 10)
     s.close()
     head, _, body = got.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head, got[:300]
+    assert head.startswith(b"HTTP/1.1 400") and b"application/problem+json" in head, got[:300]
     assert json.loads(body) == {
+        "type": "about:blank",
+        "title": "Bad Request",
         "error": "bad_http_request",
         "detail": json.loads(body)["detail"],
         "status": 400,

@@ -207,5 +207,5 @@ def test_busy_answers_are_json_over_a_real_socket(served) -> None:
     busy = [r for r in answers if r.status_code == 429]
     assert busy and any(r.status_code == 200 for r in answers), [r.status_code for r in answers]
     for r in busy:
-        assert r.headers["content-type"] == "application/json" and r.headers["retry-after"] == "1"
+        assert r.headers["content-type"] == "application/problem+json" and r.headers["retry-after"] == "1"
         assert r.json()["error"] == "busy" and r.json()["status"] == 429

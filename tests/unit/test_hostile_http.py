@@ -254,6 +254,17 @@ CASES = [
 ]
 
 
+def assert_problem(r) -> dict:
+    """An RFC 9457 problem body with our code, and the members of the earlier body kept."""
+    from http import HTTPStatus
+
+    assert r.headers["content-type"] == "application/problem+json", r.headers
+    body = r.json()
+    assert body["type"] == "about:blank" and body["title"] == HTTPStatus(r.status_code).phrase
+    assert body["status"] == r.status_code and body["detail"] and body["error"], body
+    return body
+
+
 @pytest.mark.parametrize(
     ("label", "method", "path", "kwargs", "status"), CASES, ids=[c[0] for c in CASES]
 )
@@ -268,9 +279,12 @@ def test_every_failure_is_a_json_4xx(served, label, method, path, kwargs, status
     assert 400 <= r.status_code < 500, (label, r.status_code, r.text[:300])
     if status is not None:
         assert r.status_code == status, (label, r.text[:300])
-    body = r.json()
-    assert isinstance(body, dict) and "error" in body, r.text[:300]
+    assert_problem(r)
     assert "Traceback" not in r.text and "/work/" not in r.text and ".py" not in r.text
+    if r.status_code == 405:  # RFC 9110: a 405 lists the methods the route takes
+        assert r.headers["allow"], label
+    if r.status_code == 401:
+        assert r.headers["www-authenticate"].startswith("Bearer"), label
     ok = client.post("/segment", files={"image": ("g.png", PNG)}, headers=H)
     assert ok.status_code == 200
 
@@ -598,3 +612,37 @@ def test_bodies_in_flight_share_one_memory_budget():
     assert small[0]["status"] == bodyless[0]["status"] == again[0]["status"] == 200
     assert answered == ["/small", "/metadata", "/slow", "/slow", "/segment"]
     assert inflight == 0  # every reservation given back
+
+
+def test_the_document_declares_every_answer_the_service_gives(served):  # noqa: F811
+    """Each refusal of CASES on a documented operation is a status the document lists for it,
+    with a body its `Problem` schema accepts; a status outside the list fails here (a generated
+    client would mis-parse it)."""
+    import jsonschema
+
+    client, _, _, _ = served
+    doc = client.get("/docs.json").json()
+    problem = doc["components"]["schemas"]["Problem"]
+    checked = 0
+    for label, method, path, kwargs, _ in CASES:
+        verb = method.split(":", 1)[1].lower() if method.startswith("request:") else method
+        operation = doc["paths"].get(path.split("?")[0], {}).get(verb)
+        kwargs = dict(kwargs)
+        headers = {k: v for k, v in {**H, **kwargs.pop("headers", {})}.items() if v}
+        r = client.request(verb.upper(), path, headers=headers, **kwargs)
+        if operation is None:  # a path or method the document does not have
+            assert r.status_code in (404, 405), label
+            continue
+        assert str(r.status_code) in operation["responses"], (label, r.status_code)
+        declared = operation["responses"][str(r.status_code)]["content"]
+        assert r.headers["content-type"] in declared, label
+        jsonschema.validate(r.json(), problem)
+        checked += 1
+    assert checked >= 30
+    segment = doc["paths"]["/segment"]["post"]
+    assert {"image/png", "image/jpeg", "multipart/form-data"} <= set(segment["requestBody"]["content"])
+    fmt = next(p for p in segment["parameters"] if p["name"] == "format")
+    assert fmt["schema"]["enum"] == ["mask", "color", "overlay"]
+    zip_body = doc["components"]["schemas"]["Body_predict_zip_predict_image_returns_zip__post"]
+    assert zip_body["properties"]["files"]["minItems"] == 1
+    assert "HTTPValidationError" not in json.dumps(doc)
