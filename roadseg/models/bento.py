@@ -24,6 +24,11 @@ from roadseg.models.spec import ModelSpec
 BENTO_MODEL_NAME = "roadseg-unet"
 WEIGHTS_FILE = "weights.pt"
 PROFILE_FILE = "drift/reference_profile.csv"
+# The model card written at registration (roadseg.release.card): in the version's MLflow run
+# and in the packaged model, under the same relative paths.
+CARD_DIR = "model_card"
+CARD_MD = f"{CARD_DIR}/model_card.md"
+CARD_HTML = f"{CARD_DIR}/model_card.html"
 
 
 class PackagingError(ValueError):
@@ -102,4 +107,6 @@ def load_packaged_model(
     info["onnx_path"] = str(onnx_file) if onnx_file.is_file() else None
     profile = Path(stored.path_of(PROFILE_FILE))
     info["reference_profile"] = str(profile) if profile.is_file() else None
+    card = Path(stored.path_of(CARD_MD))
+    info["model_card"] = str(card.parent) if card.is_file() else None
     return model.eval(), spec, info

@@ -90,6 +90,7 @@ class RegistrationResult:
     previous_champion_version: str | None
     profile_uri: str | None
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    model_card: str | None = None  # runs:/<run>/model_card/model_card.md
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -182,10 +183,14 @@ def register_best(
     _record_decision(client, name, version, best, promoted=promoted, reason=reason,
                      champion=champion)  # fmt: skip
 
-    profile_uri = None
+    profile_uri, profile = None, None
     if profile_builder is not None:
-        profile_uri = _store_profile(client, best, profile_builder(best))
+        profile = profile_builder(best)
+        profile_uri = _store_profile(client, best, profile)
         client.set_model_version_tag(name, version, PROFILE_TAG, profile_uri)
+    card_uri = _write_card(client, name, version, best, register_params, version_tags,
+                           promotion=("champion: " if promoted else "challenger only: ") + reason,
+                           dataset=dataset, profile=profile)  # fmt: skip
 
     return RegistrationResult(
         model_name=name,
@@ -198,6 +203,7 @@ def register_best(
         champion_version=str(version) if promoted else (champion and str(champion.version)),
         previous_champion_version=str(champion.version) if champion else None,
         profile_uri=profile_uri,
+        model_card=card_uri,
         candidates=[
             {"loss": c.loss, "run_id": c.run_id, "model_uri": c.model_uri, **_scalars(c.metrics)}
             for c in cands
@@ -233,6 +239,33 @@ def _record_decision(
         else f"champion stays v{champion.version if champion else '-'}",
         reason,
     )
+
+
+def _write_card(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    best: Candidate,
+    params: RegisterParams,
+    tags: Mapping[str, str],
+    *,
+    promotion: str,
+    dataset: str,
+    profile: pd.DataFrame | None,
+) -> str | None:
+    """The version's model card (roadseg.release.card); a card that cannot be written is logged
+    and tagged `model_card_error`, never a lost registration (the version and aliases exist)."""
+    from roadseg.release.card import build_card, log_card
+
+    try:
+        card = build_card(client, model_name=name, version=version, run_id=best.run_id,
+                          metrics=best.metrics, tags=tags, iou_floor=params.class_iou_floor,
+                          promotion=promotion, dataset=dataset, profile=profile)  # fmt: skip
+        return log_card(client, card, best.run_id)
+    except Exception as e:
+        log.exception("%s v%s: no model card", name, version)
+        client.set_model_version_tag(name, version, "model_card_error", str(e)[:500])
+        return None
 
 
 def download_reference_profile(
