@@ -1,0 +1,100 @@
+"""The API document's rewrite (`roadseg/serve/openapi.py`) and the statuses table in the docs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+from roadseg.serve.openapi import REASONS, describe, statuses
+
+DOCS = Path(__file__).resolve().parents[2] / "docs/api/errors.md"
+# A representative path of each row of the docs' table.
+ROWS = {
+    "`POST /segment`, `/segment/json`": ("/segment", "post"),
+    "the original projects' `POST` routes": ("/upload", "post"),
+    "`GET /classes`": ("/classes", "get"),
+    "`GET /metadata`": ("/metadata", "get"),
+    "`GET /readyz`": ("/readyz", "get"),
+    "`GET /healthz`, `/livez`, `/health`, `/metrics`": ("/healthz", "get"),
+}
+
+BENTOML_LIKE = {
+    "openapi": "3.0.2",
+    "paths": {
+        "/segment": {
+            "post": {
+                "requestBody": {"content": {"multipart/form-data": {}}},
+                "responses": {
+                    "200": {"description": "ok"},
+                    "400": {"$ref": "#/components/schemas/InvalidArgument"},
+                },
+            }
+        },
+        "/upload": {
+            "post": {
+                "responses": {
+                    "200": {"description": "ok"},
+                    "422": {
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/HTTPValidationError"}
+                            }
+                        }
+                    },
+                }
+            }
+        },
+        "/healthz": {"get": {"responses": {"200": {"description": "ok"}}}},
+    },
+    "components": {
+        "schemas": {
+            "HTTPValidationError": {"type": "object"},
+            "InvalidArgument": {"type": "object"},
+            "Body_upload": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {"files": {"type": "array", "items": {"type": "string"}}},
+            },
+        }
+    },
+}
+
+
+def test_describe_declares_the_problem_for_every_status_and_leaves_its_input_alone() -> None:
+    before = copy.deepcopy(BENTOML_LIKE)
+    doc = describe(BENTOML_LIKE, api_key=True)
+    assert before == BENTOML_LIKE
+    for path, method in (("/segment", "post"), ("/upload", "post"), ("/healthz", "get")):
+        responses = doc["paths"][path][method]["responses"]
+        errors = sorted(int(k) for k in responses if int(k) >= 400)
+        assert errors == statuses(path, method)
+        for code in errors:
+            ref = responses[str(code)]["content"]["application/problem+json"]["schema"]["$ref"]
+            assert ref == "#/components/schemas/Problem"
+    assert "security" in doc["paths"]["/segment"]["post"]
+    assert "security" not in doc["paths"]["/healthz"]["get"]  # probes carry no key
+    assert {"image/png", "image/jpeg"} <= set(
+        doc["paths"]["/segment"]["post"]["requestBody"]["content"]
+    )
+    assert doc["components"]["schemas"]["Body_upload"]["properties"]["files"]["minItems"] == 1
+    assert "HTTPValidationError" not in json.dumps(doc) and "InvalidArgument" not in json.dumps(doc)
+    assert "securitySchemes" not in describe(BENTOML_LIKE, api_key=False)["components"]
+
+
+def test_the_docs_table_lists_the_statuses_the_document_declares() -> None:
+    text = DOCS.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| route |"))
+    codes = [int(c) for c in re.findall(r"\d{3}", header)]
+    assert codes == sorted(REASONS)
+    seen = 0
+    for line in text.splitlines():
+        for label, (path, method) in ROWS.items():
+            if line.startswith(f"| {label}"):
+                marks = [c.strip() for c in line.strip().strip("|").split("|")[1:]]
+                assert [code for code, m in zip(codes, marks, strict=True) if m] == statuses(
+                    path, method
+                ), label
+                seen += 1
+    assert seen == len(ROWS)
