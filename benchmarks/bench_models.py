@@ -106,6 +106,42 @@ def reference_checkpoint(base: int = 64, size: tuple[int, int] = (368, 640)) -> 
     return path
 
 
+def demo_random_checkpoint(base: int = 16, size: tuple[int, int] = (96, 160)) -> Path:
+    """A random U-Net of the demo model's size (base 16 at 96x160), scaled weights, cached: the
+    backend comparison needs the network's cost, not trained boundaries, and training the demo
+    model costs ~6 minutes of a shared machine."""
+    from roadseg.testing import save_random_checkpoint
+
+    path = CACHE / f"unet{base}-{size[0]}x{size[1]}-random.pt"
+    if not path.is_file():
+        save_random_checkpoint(
+            path, base_channels=base, overrides=[f"train.image_size=[{size[0]},{size[1]}]"]
+        )
+    return path
+
+
+def effnet_checkpoint(base: int = 16, size: tuple[int, int] = (256, 448)) -> Path:
+    """The pretrained-encoder model of *Real streets* (unet_effnet_lite0, base 16, 256x448): the
+    ImageNet EfficientNet-Lite0 encoder and a random decoder, cached."""
+    path = CACHE / f"effnet{base}-{size[0]}x{size[1]}-imagenet.pt"
+    if path.is_file():
+        return path
+    import torch
+
+    from roadseg.config import load_params
+    from roadseg.models import IMAGENET_MEAN, IMAGENET_STD
+    from roadseg.models.io import build_from_spec, save_checkpoint
+    from roadseg.models.spec import ModelSpec
+
+    params = load_params(overrides=["model.name=unet_effnet_lite0", f"model.base_channels={base}",
+                                    f"train.image_size=[{size[0]},{size[1]}]"])  # fmt: skip
+    spec = ModelSpec.from_params(params, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    torch.manual_seed(0)
+    model = build_from_spec(spec, pretrained=True)
+    save_checkpoint(path, {"model": model.state_dict(), "spec": spec.to_dict(), "epoch": 0})
+    return path
+
+
 def mixed_cell_share(model, spec, images) -> float:
     """Share of low-resolution cells whose 4 corners disagree (what the mask path interpolates)."""
     import torch
