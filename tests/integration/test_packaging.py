@@ -1,7 +1,8 @@
 """Registry → Bento: `roadseg package` makes a self-contained Bento that serves exactly the
-registered version, with MLflow unreachable, also after export → import into a fresh store.
+registered version, with MLflow unreachable, also after export → import into a fresh store, and
+with its packaged model.onnx in ONNX Runtime (serve.backend: onnxruntime).
 
-Slow (two `bentoml serve` start-ups, ~2-4 min on the shared 2-core machine).
+Slow (three `bentoml serve` start-ups, ~3-5 min on the shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
     return proc.stdout
 
 
-def serving_bento(tag: str, bentoml_home: Path, cwd: Path, log: Path):
+def serving_bento(tag: str, bentoml_home: Path, cwd: Path, log: Path, backend: str = "torch"):
     """`bentoml serve <tag>` from a folder that is not the repository, MLflow on a closed port."""
     env = {"BENTOML_HOME": str(bentoml_home), "ROADSEG_MODEL_URI": None,
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",  # nothing listens there
-           "ROADSEG_MONITOR_DIR": str(cwd / "monitoring")}  # fmt: skip
+           "ROADSEG_MONITOR_DIR": str(cwd / "monitoring"), "ROADSEG_BACKEND": backend}  # fmt: skip
     return running_service(env, target=tag, cwd=cwd, log_path=log, timeout=300)
 
 
@@ -90,6 +91,15 @@ def test_packaged_bento_serves_the_registered_version_without_mlflow(synth_dir, 
     for stem, mask in expected.items():
         np.testing.assert_array_equal(served_again[stem], mask, err_msg=f"imported: {stem}")
     assert meta_again["bento_tag"] == tag
+
+    # The packaged model.onnx, in ONNX Runtime: the same masks (argmax ties aside: none here).
+    assert meta_again["lineage"]["onnx_opset"] == "17" and meta_again["backend"] == "torch"
+    with serving_bento(tag, fresh, tmp_path, tmp_path / "serve3.log", "onnxruntime") as url:
+        served_onnx, meta_onnx, _ = _served_masks(url, images)
+    assert "exporting it now" not in (tmp_path / "serve3.log").read_text()
+    assert meta_onnx["backend"] == "onnxruntime"
+    for stem, mask in expected.items():
+        np.testing.assert_array_equal(served_onnx[stem], mask, err_msg=f"onnxruntime: {stem}")
 
 
 def _assert_bento_installs_the_lock(bento: Path) -> None:
