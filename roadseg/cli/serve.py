@@ -122,12 +122,22 @@ def build_context(
 @app.command("lineage")
 def lineage(
     ref: Annotated[str, typer.Argument(help="models:/name@alias, models:/name/N or a Bento tag")],
+    card: Annotated[bool, typer.Option("--card", help="print the version's model card")] = False,
 ) -> None:
     """KFP run → MLflow run → registry version → Bento → image → deployment, in one table."""
     from rich.console import Console as StdoutConsole
     from rich.table import Table
 
-    from roadseg.release.lineage import lineage_rows
+    from roadseg.release.lineage import card_markdown, lineage_rows
+
+    if card:
+        try:
+            typer.echo(card_markdown(ref, tracking_uri=tracking_uri()))
+        except FileNotFoundError as e:  # registered before cards, or the card failed
+            fail(str(e), 2)
+        except Exception as e:  # unknown version or Bento
+            fail(f"cannot trace {ref}: {e}", 2)
+        return
 
     try:
         rows = lineage_rows(ref, tracking_uri=tracking_uri())

@@ -27,6 +27,7 @@ import yaml
 
 from roadseg.models.bento import (
     BENTO_MODEL_NAME,
+    CARD_DIR,
     PROFILE_FILE,
     WEIGHTS_FILE,
     PackagingError,
@@ -143,13 +144,15 @@ def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
 
     The model directory holds the float32 state dict, `model.onnx` (an export
     failure is logged and labelled `onnx_export_error`, and the torch weights are still
-    packaged), `model_spec.json`, `lineage.json` and, when the registry stored one, the drift
-    reference profile; nothing in it needs MLflow.
+    packaged), `model_spec.json`, `lineage.json` and, when the registry stored them, the drift
+    reference profile and the model card (`model_card/`); nothing in it needs MLflow.
     """
     import bentoml
     import mlflow
+    from mlflow import MlflowClient
 
     from roadseg.models.io import load_model, unwrap
+    from roadseg.release.card import CARD_TAG, download_card
     from roadseg.release.registry import PROFILE_TAG, download_reference_profile
 
     existing = find_imported(version)
@@ -167,6 +170,10 @@ def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
             )
         else:
             log.warning("%s v%s has no drift reference profile", version.name, version.version)
+        card = None
+        if CARD_TAG in version.tags:  # served at GET /model-card
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            card = download_card(client, version.run_id, Path(tmp) / "card")
         onnx_file, onnx_labels = export_for_onnxruntime(unwrap(model), spec, Path(tmp))
         labels = labels | onnx_labels
         with bentoml.models.create(
@@ -182,6 +189,8 @@ def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
                 target = Path(bento_model.path_of(PROFILE_FILE))
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(profile, target)
+            if card is not None:
+                shutil.copytree(card, bento_model.path_of(CARD_DIR))
     return str(bento_model.tag)
 
 

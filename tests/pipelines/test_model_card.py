@@ -104,3 +104,26 @@ def test_no_weakness_says_so(store: str, tmp_path: Path) -> None:  # noqa: F811
                   tracking_uri=store)  # fmt: skip
     md, _ = card_of(store, "1", tmp_path)
     assert "none: every measured class reaches the floor 0.0000" in md
+
+
+def test_lineage_links_and_prints_the_card(
+    store: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from roadseg.cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    r = register_best([candidate("dice", {"road": 0.9, "sidewalk": 0.15, "pole": 0.3}, 3)],
+                      PARAMS, tracking_uri=store)  # fmt: skip
+    table = CliRunner().invoke(app, ["lineage", f"models:/{PARAMS.model_name}/1"])
+    assert table.exit_code == 0, table.output
+    assert "model card" in table.output and "/model_card/model_" in "".join(table.output.split())
+    printed = CliRunner().invoke(app, ["lineage", f"models:/{PARAMS.model_name}/1", "--card"])
+    assert printed.exit_code == 0, printed.output
+    assert printed.stdout.startswith("# Model card: roadseg-card v1")
+    assert "sidewalk: IoU 0.1500 < floor 0.2000" in printed.stdout and r.run_id in printed.stdout
+    MlflowClient(store, store).delete_model_version_tag(PARAMS.model_name, "1", CARD_TAG)
+    none = CliRunner().invoke(app, ["lineage", f"models:/{PARAMS.model_name}/1", "--card"])
+    assert none.exit_code == 2 and "roadseg-cardv1hasnomodelcard" in "".join(none.output.split())
