@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from roadseg.serve.api import ServingState
+from roadseg.serve.card import card_routes
 from roadseg.serve.errors import InputError, error_response, validation_error
 from roadseg.serve.legacy import health_routes, image_routes, video_routes
 from roadseg.serve.stream import register_stream
@@ -33,6 +34,7 @@ def build_app(get_state: StateGetter, ui_dir: Path | None = None) -> FastAPI:
     app.include_router(video_routes(get_state))
     app.include_router(health_routes())
     app.include_router(info_routes(get_state))
+    app.include_router(card_routes(get_state))  # GET /model-card (roadseg/serve/card.py)
     register_stream(app, get_state)  # GET /stream WebSocket (roadseg/serve/stream.py)
     if ui_dir is not None and (ui_dir / "index.html").is_file():
         from fastapi.staticfiles import StaticFiles

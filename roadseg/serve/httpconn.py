@@ -43,6 +43,7 @@ KNOWN_ROUTES = frozenset(
         "/health",
         "/classes",
         "/metadata",
+        "/model-card",
         "/stream",
         "/healthz",
         "/livez",

@@ -37,6 +37,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 REASONS = {
     400: "malformed body, multipart or HTTP request",
     401: "missing or wrong API key (`X-API-Key` or `Authorization: Bearer`)",
+    404: "the served model has no model card (`GET /model-card`)",
     405: "method not allowed (the `Allow` header lists the ones that are)",
     408: "the body did not arrive in time",
     413: "body, image, archive or video beyond the limits",
@@ -61,6 +62,8 @@ def statuses(path: str, method: str) -> list[int]:
         codes |= {503} if path == "/readyz" else set()
     elif method == "post":
         codes |= set(WITH_BODY)
+    elif path == "/model-card":  # no card: 404; ?format other than html|md: 422
+        codes |= {*SERVING, 404, 422}
     else:
         codes |= set(SERVING) if path == "/metadata" else set()
     return sorted(codes)
