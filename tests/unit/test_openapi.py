@@ -16,6 +16,7 @@ ROWS = {
     "the original projects' `POST` routes": ("/upload", "post"),
     "`GET /classes`": ("/classes", "get"),
     "`GET /metadata`": ("/metadata", "get"),
+    "`GET /model-card`": ("/model-card", "get"),
     "`GET /readyz`": ("/readyz", "get"),
     "`GET /healthz`, `/livez`, `/health`, `/metrics`": ("/healthz", "get"),
 }
