@@ -89,6 +89,12 @@ def test_best_variant_is_champion_with_drift_profile(store: tuple[Path, str], fi
     assert tags["drift_reference_profile"].endswith("drift/reference_profile.csv")
     files = client.list_artifacts(champion.run_id, "drift")
     assert [f.path for f in files] == ["drift/reference_profile.csv"]
+    # the model card of a real run: its scores, data, confusion matrix (roadseg/release/card.py)
+    assert "model_card_error" not in tags and tags["model_card"].endswith("model_card.md")
+    card = (Path(client.download_artifacts(champion.run_id, "model_card/model_card.md",
+                                           str(tmp))).read_text())  # fmt: skip
+    assert f"mIoU {best['miou']:.4f}" in card and tags["dataset_version"] in card
+    assert "## Confusion matrix" in card and "| train images | 6 |" in card
     from roadseg.release.registry import download_reference_profile
 
     profile = download_reference_profile(NAME, "champion", tracking_uri=uri, dst=tmp / "profile")
