@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
 
-from roadseg.serve.errors import PROBLEM_JSON
+from roadseg.serve.errors import PROBLEM_JSON, problem_response
+
+logger = logging.getLogger(__name__)
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -159,7 +162,13 @@ class DocumentRoutes:
             if status != 200:
                 await self.app(scope, receive, send)
                 return
-            spec = describe(json.loads(body), api_key=bool(self.api_key()))
+            try:
+                spec = describe(json.loads(body), api_key=bool(self.api_key()))
+            except Exception:  # answered, never left hanging; the next request tries again
+                logger.exception("the API document could not be rewritten")
+                detail = "the API document could not be built; the service logged why"
+                await problem_response(500, "server_error", detail)(scope, receive, send)
+                return
             self.body = json.dumps(spec).encode()
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(self.body)).encode())]  # fmt: skip

@@ -99,3 +99,32 @@ def test_the_docs_table_lists_the_statuses_the_document_declares() -> None:
                 ), label
                 seen += 1
     assert seen == len(ROWS)
+
+
+def test_a_document_that_cannot_be_rewritten_is_a_500_problem_not_a_hang(monkeypatch) -> None:
+    import asyncio
+
+    from roadseg.serve import openapi
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": json.dumps(BENTOML_LIKE).encode()})
+
+    def broken(spec, *, api_key):
+        raise KeyError(404)
+
+    monkeypatch.setattr(openapi, "describe", broken)
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "path": "/docs.json", "method": "GET", "headers": []}
+    asyncio.run(
+        asyncio.wait_for(openapi.DocumentRoutes(inner, lambda: None)(scope, receive, send), 5)
+    )
+    assert sent[0]["status"] == 500
+    assert json.loads(sent[1]["body"])["error"] == "server_error"
