@@ -71,8 +71,16 @@ def write_termination_message(message: str, path: str | None = None) -> bool:
 def check_model(service_file: str | Path) -> dict[str, str]:
     """Load the model the service would serve, once, and let it go; raises `StartFailure` with the
     one-line reason (not found, unreachable registry, corrupt weights, wrong model kind)."""
+    from roadseg.config import BACKEND_NAMES
+
     uri, bento_dir = model_source(service_file)
     source = uri or f"the model packaged in {bento_dir}"
+    backend = os.environ.get("ROADSEG_BACKEND")
+    if backend and backend not in BACKEND_NAMES:
+        problem = ValueError(
+            f"ROADSEG_BACKEND={backend!r} is not one of {', '.join(BACKEND_NAMES)}"
+        )
+        raise start_failure(source, problem)
     try:
         if uri is not None:
             from roadseg.models.io import load_model

@@ -83,6 +83,22 @@ def test_a_model_that_cannot_be_served_exits_1_with_one_line(
     assert log.read_text().count("Traceback") == 0, "one line, not a traceback"
 
 
+def test_an_unknown_backend_exits_1_with_one_line(tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.pt"
+    save_random_checkpoint(ckpt, base_channels=4, seed=0)
+    log = tmp_path / "serve.log"
+    env = {"ROADSEG_BACKEND": "tensorrt", "BENTOML_HOME": str(tmp_path / "bentoml"),
+           "ROADSEG_TERMINATION_LOG": str(tmp_path / "termination-log")}  # fmt: skip
+    proc = _serve(["--model-uri", str(ckpt), "--port", str(free_port())], env, log)
+    try:
+        assert proc.wait(60) == 1
+    finally:
+        _cleanup(proc)
+    assert _last_line(log) == (
+        f"roadseg: cannot serve {ckpt}: ROADSEG_BACKEND='tensorrt' is not one of torch, onnxruntime"
+    )
+
+
 @pytest.fixture()
 def served(tmp_path: Path, request: pytest.FixtureRequest):
     ckpt = tmp_path / "model.pt"
@@ -207,5 +223,8 @@ def test_busy_answers_are_json_over_a_real_socket(served) -> None:
     busy = [r for r in answers if r.status_code == 429]
     assert busy and any(r.status_code == 200 for r in answers), [r.status_code for r in answers]
     for r in busy:
-        assert r.headers["content-type"] == "application/problem+json" and r.headers["retry-after"] == "1"
+        assert (
+            r.headers["content-type"] == "application/problem+json"
+            and r.headers["retry-after"] == "1"
+        )
         assert r.json()["error"] == "busy" and r.json()["status"] == 429
