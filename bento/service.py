@@ -11,7 +11,8 @@ there is one, warms it up, and only then reports ready on /readyz::
 
 Other environment: ROADSEG_API_KEY (require `X-API-Key` or `Authorization: Bearer`),
 ROADSEG_MONITOR_DIR (monitoring log; default params drift.log_dir), ROADSEG_PARAMS (params file
-for limits and batching).
+for limits and batching), ROADSEG_BACKEND (torch or onnxruntime; default params serve.backend).
+How it starts, fails and stops: `roadseg/serve/lifecycle.py`.
 """
 
 from __future__ import annotations
