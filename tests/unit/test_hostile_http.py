@@ -640,7 +640,9 @@ def test_the_document_declares_every_answer_the_service_gives(served):  # noqa: 
         checked += 1
     assert checked >= 30
     segment = doc["paths"]["/segment"]["post"]
-    assert {"image/png", "image/jpeg", "multipart/form-data"} <= set(segment["requestBody"]["content"])
+    assert {"image/png", "image/jpeg", "multipart/form-data"} <= set(
+        segment["requestBody"]["content"]
+    )
     fmt = next(p for p in segment["parameters"] if p["name"] == "format")
     assert fmt["schema"]["enum"] == ["mask", "color", "overlay"]
     zip_body = doc["components"]["schemas"]["Body_predict_zip_predict_image_returns_zip__post"]
