@@ -52,6 +52,17 @@ from roadseg.inference.predict import Prediction, predict, preprocess
 from roadseg.models.io import load_model
 
 
+def interleaved_rates(fns: dict, batches: list, args: argparse.Namespace) -> dict:
+    """img/s of each function, rounds interleaved (each sees the same machine load): the median
+    per function, every round, and the load average."""
+    rounds: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(args.rounds):
+        for k, fn in fns.items():
+            rounds[k].append(rate(fn, batches, args.seconds))
+    medians = {f"{k}_img_s": float(np.median(v)) for k, v in rounds.items()}
+    return medians | {"rounds": rounds, "load_avg": os.getloadavg()}
+
+
 def old_predict(model, images, spec) -> list[Prediction]:
     """The original post-processing (full-size upsample + softmax + max), the baseline."""
     x = preprocess(images, spec)
@@ -107,14 +118,7 @@ def bench_model(name: str, path: Path, images, args) -> dict:
     }
     for fn in fns.values():
         fn(batches[0])  # warm-up
-    rounds: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(args.rounds):
-        for k, fn in fns.items():
-            rounds[k].append(rate(fn, batches, args.seconds))
-    row |= {f"{k}_img_s": float(np.median(v)) for k, v in rounds.items()}
-    row["rounds"] = rounds
-    row["load_avg"] = os.getloadavg()
-    return row
+    return row | interleaved_rates(fns, batches, args)
 
 
 def gflop_per_image(model, spec) -> float:
@@ -173,14 +177,7 @@ def bench_backends(name: str, path: Path, images, args) -> dict:
         row[f"{backend}_conf_err"] = max(abs(a.confidence - b.confidence) for a, b in pairs)
     for fn in fns.values():
         fn(batches[0])  # warm-up (ONNX Runtime's arena, torch's allocator)
-    rounds: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(args.rounds):
-        for k, fn in fns.items():
-            rounds[k].append(rate(fn, batches, args.seconds))
-    row |= {f"{k}_img_s": float(np.median(v)) for k, v in rounds.items()}
-    row["rounds"] = rounds
-    row["load_avg"] = os.getloadavg()
-    return row
+    return row | interleaved_rates(fns, batches, args)
 
 
 def print_backend_table(rows: list[dict], backends: list[str], matmul: float) -> None:

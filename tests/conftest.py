@@ -28,6 +28,17 @@ def real_sample() -> Path:
     return SAMPLE
 
 
+@pytest.fixture()
+def one_thread():
+    """torch on one thread for the test (small models: less spread from another job's load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small deterministic synthetic dataset in the BDD100k layout (train 12, val 4, test 2)."""

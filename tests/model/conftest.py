@@ -4,12 +4,8 @@ contending with other processes made small training steps many times slower."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # tests/conftest.py, for every test here
     yield
-    torch.set_num_threads(before)

@@ -31,12 +31,7 @@ STREET_CLASSES = {407, 436, 444, 468, 511, 555, 569, 573, 609, 627, 654, 656, 66
                   717, 734, 751, 757, 779, 817, 829, 864, 867, 874, 919, 920}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_every_checkpoint_tensor_loads_into_the_encoder() -> None:

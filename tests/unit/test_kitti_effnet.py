@@ -20,12 +20,7 @@ KITTI = ["data.dataset=kitti_road", "model.kitti_name=unet_effnet_lite0", "loss.
          "train.epochs=1", "data.num_workers=0", "augment.blur_prob=0"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
