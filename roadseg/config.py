@@ -189,10 +189,24 @@ class RegisterParams(_Frozen):
     min_miou: float = Field(0.05, ge=0.0, le=1.0)
     class_iou_floor: float = Field(0.0, ge=0.0, le=1.0)
     margin: float = Field(0.005, ge=0.0)
+    # `roadseg promote` (roadseg/release/promote.py) also requires shadow evidence on live traffic,
+    # recorded on the version by the service's shadow challenger (0: not required).
+    shadow_min_images: int = Field(0, ge=0)
+    shadow_min_agreement: float = Field(0.0, ge=0.0, le=1.0)
 
     def model_name_for(self, dataset: str) -> str:
         """The registered model name of `data.dataset`."""
         return self.kitti_model_name if dataset == "kitti_road" else self.model_name
+
+
+class ShadowParams(_Frozen):
+    """The shadow challenger (roadseg/serve/shadow.py): a share of the served images also run
+    through a second model after the answer is sent; env ROADSEG_SHADOW_SHARE / _MODEL_URI."""
+
+    share: float = Field(0.0, ge=0.0, le=1.0)  # 0: off
+    model_uri: str | None = None  # default: models:/<served model's name>@challenger
+    queue: int = Field(4, ge=1)  # images waiting for the challenger; beyond: dropped, counted
+    log_every_s: float = Field(300.0, gt=0)  # summary to the challenger's MLflow version
 
 
 class ServeParams(_Frozen):
@@ -216,6 +230,7 @@ class ServeParams(_Frozen):
     batch_size: int = Field(8, ge=1)
     # eager PyTorch, or the packaged model.onnx in ONNX Runtime (CPU; docs: Serving backends)
     backend: BackendName = "torch"
+    shadow: ShadowParams = ShadowParams()  # docs: Shadow challenger
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
     # SIGTERM: new connections refused, requests in flight finish within this, then the worker
     # stops (the Deployment's terminationGracePeriodSeconds must exceed it plus the preStop pause).

@@ -10,6 +10,7 @@ few lines: load params, call one library function, report. One module per comman
 | `pipeline` | `pipeline compile/run/submit`, `register`, `runs compare` |
 | `serve` | `serve`, `stream`, `package`, `build-context`, `lineage` |
 | `drift` | `drift` |
+| `promote` | `promote` |
 
 Shared options and helpers are in `common`.
 """
@@ -19,7 +20,7 @@ import importlib
 from roadseg.cli.common import app
 
 # Importing a group module registers its commands; this order is the order of `roadseg --help`.
-for _group in ("data", "train", "pipeline", "serve", "drift"):
+for _group in ("data", "train", "pipeline", "serve", "drift", "promote"):
     importlib.import_module(f"roadseg.cli.{_group}")
 
 __all__ = ["app"]
