@@ -11,6 +11,7 @@ few lines: load params, call one library function, report. One module per comman
 | `serve` | `serve`, `stream`, `package`, `build-context`, `lineage` |
 | `drift` | `drift` |
 | `promote` | `promote` |
+| `follow` | `follow` |
 
 Shared options and helpers are in `common`.
 """
@@ -20,7 +21,7 @@ import importlib
 from roadseg.cli.common import app
 
 # Importing a group module registers its commands; this order is the order of `roadseg --help`.
-for _group in ("data", "train", "pipeline", "serve", "drift", "promote"):
+for _group in ("data", "train", "pipeline", "serve", "drift", "promote", "follow"):
     importlib.import_module(f"roadseg.cli.{_group}")
 
 __all__ = ["app"]
