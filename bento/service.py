@@ -110,6 +110,7 @@ class RoadSegService:
             max_batch_size=params.serve.batch_size,
             observer=_observer(),
             warm_up=True,
+            model_process=params.serve.model_process,
         )
         self.state.engine, self.state.metadata = engine, metadata
         bentoml.metrics.Gauge(

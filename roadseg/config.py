@@ -235,6 +235,9 @@ class ServeParams(_Frozen):
     # SIGTERM: new connections refused, requests in flight finish within this, then the worker
     # stops (the Deployment's terminationGracePeriodSeconds must exceed it plus the preStop pause).
     drain_seconds: int = Field(30, ge=1)
+    # The network in a child process of each worker (roadseg/serve/modelproc.py): when it dies
+    # mid-batch, that batch's requests get 503 + Retry-After and the next batch restarts it.
+    model_process: bool = True
 
 
 class StreamParams(_Frozen):

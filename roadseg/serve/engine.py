@@ -34,7 +34,8 @@ import torch
 
 from roadseg.inference.predict import Prediction, forward, postprocess, predict, prepare
 from roadseg.models.spec import ModelSpec
-from roadseg.serve.backends import load_backend
+from roadseg.serve.backends import cpu_limit, load_backend
+from roadseg.serve.modelproc import ModelProcess, ModelWorkerDied
 
 logger = logging.getLogger(__name__)
 # (batch_size, seconds) after each forward pass, for metrics.
@@ -223,6 +224,14 @@ class InferenceEngine:
         fails only its own request and the worker keeps running."""
         try:
             logits = await loop.run_in_executor(self._executor, self._forward, [x for x, _ in live])
+        except ModelWorkerDied as e:
+            # The model process died with this batch (killed, crashed): its requests may be
+            # retried (503 + Retry-After); the next batch starts a new process.
+            logger.error("%s; %d request image(s) answered 503", e, len(live))
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(EngineUnavailable(f"{e}; retry the request"))
+            return
         except Exception as e:
             if len(live) > 1:
                 for item in live:
@@ -240,6 +249,8 @@ class InferenceEngine:
         if self._worker is not None:
             self._worker.cancel()
         self._executor.shutdown(wait=False)
+        if isinstance(self.model, ModelProcess):
+            await asyncio.to_thread(self.model.close)
 
 
 def model_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +289,7 @@ def create_engine(
     max_wait_ms: float = 2.0,
     observer: Observer | None = None,
     warm_up: bool = True,
+    model_process: bool = False,
 ) -> tuple[InferenceEngine, dict[str, Any]]:
     """Load a model, wrap it, warm it up: from `model_uri` (any URI `roadseg.models.io.load_model`
     takes), or else the model packaged in the Bento at `bento_dir` (`roadseg.models.bento`, no
@@ -286,7 +298,9 @@ def create_engine(
     `backend` is what runs the network (`roadseg.serve.backends`): torch on `device` (CUDA
     when available), or onnxruntime on the CPU, over the packaged model.onnx; the metadata
     names it (`backend`, `backend_version`). X-Model-Version stays the model's: both backends
-    answer the same masks.
+    answer the same masks. `model_process` runs the network in a child process
+    (`roadseg.serve.modelproc`): a kill of that process mid-batch gives its requests 503 with
+    Retry-After, not a reset connection (the metadata says `model_process: true`).
     """
     if model_uri is not None:
         from roadseg.models.io import load_model
@@ -300,21 +314,30 @@ def create_engine(
         extra = {k: info[k] for k in ("bento_tag", "bento_model", "mlflow_version", "lineage")}
     else:
         raise ValueError("create_engine needs a model URI or a Bento directory")
-    model = load_backend(backend, model, spec, onnx_path=info.get("onnx_path"))
-    runs = {"backend": backend}
+    runs: dict[str, Any] = {"backend": backend}
     if backend == "onnxruntime":
         # CPU only: GPU nodes keep torch unless a CUDA execution provider is measured faster.
         device = "cpu"
-        runs |= {"backend_version": f"onnxruntime {model.runtime_version}",
-                 "intra_op_threads": model.threads}  # fmt: skip
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if model_process:
+        net: torch.nn.Module = ModelProcess.start(
+            model, spec, backend=backend, onnx_path=info.get("onnx_path"), device=device
+        )
+        runs["model_process"] = True
+    else:
+        net = load_backend(backend, model, spec, onnx_path=info.get("onnx_path"))
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        runs |= {"backend_version": f"onnxruntime {onnxruntime.__version__}",
+                 "intra_op_threads": getattr(net, "threads", None) or cpu_limit()}  # fmt: skip
     else:
         runs["backend_version"] = f"torch {torch.__version__}"
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     engine = InferenceEngine(
-        model,
+        net,
         spec,
         info,
-        device=device,
+        device="cpu" if model_process else device,  # the child moves the batch to `device`
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         observer=observer,

@@ -228,3 +228,45 @@ def test_busy_answers_are_json_over_a_real_socket(served) -> None:
             and r.headers["retry-after"] == "1"
         )
         assert r.json()["error"] == "busy" and r.json()["status"] == 429
+
+
+def _model_process(pid: int) -> psutil.Process:
+    found = [p for p in _descendants(pid) if "roadseg.serve.modelproc" in " ".join(p.cmdline())]
+    assert len(found) == 1, [p.cmdline() for p in _descendants(pid)]
+    return found[0]
+
+
+def test_a_model_process_killed_mid_batch_gives_503_then_serves_again(served) -> None:
+    """The network runs in a child of the worker (serve.model_process): killed with a request's
+    batch in it, that request gets 503 + Retry-After (never a reset or a hang), the next request
+    is served by a new process with the same mask, and the monitoring log has no torn line."""
+    proc, port, tmp = served
+    url = f"http://127.0.0.1:{port}/segment"
+    image = png_bytes(np.random.default_rng(5).integers(0, 255, (60, 90, 3), dtype=np.uint8))
+    headers = {"Content-Type": "image/png"}
+    first = httpx.post(url, content=image, headers=headers, timeout=60)
+    assert first.status_code == 200
+    child = _model_process(proc.pid)
+    child.suspend()  # the batch goes in and waits there: then the process dies with it
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, url, content=image, headers=headers, timeout=60)
+        time.sleep(1.5)
+        assert not pending.done()
+        child.kill()
+        died = pending.result(60)
+    assert died.status_code == 503, died.text
+    assert (
+        died.headers["retry-after"] and died.headers["content-type"] == "application/problem+json"
+    )
+    assert died.json()["status"] == 503 and "retry" in died.json()["detail"]
+    again = httpx.post(url, content=image, headers=headers, timeout=120)
+    assert again.status_code == 200 and again.content == first.content
+    assert _model_process(proc.pid).pid != child.pid
+    time.sleep(1.0)  # the monitoring rows are written off the response path
+    lines = [
+        line for f in (tmp / "monitoring").glob("*.jsonl") for line in f.read_text().splitlines()
+    ]
+    rows = [json.loads(line) for line in lines]  # a torn line would not parse
+    assert [(r["width"], r["height"]) for r in rows] == [(90, 60), (90, 60)]
