@@ -730,3 +730,42 @@ def test_the_pod_drains_within_its_grace_period_and_says_why_it_failed(rendered,
     assert pause[0] == "sleep" and pause[1].isdigit()
     assert int(pause[1]) + drain < pod["terminationGracePeriodSeconds"]
     assert bento["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_follow_deployment_runs_the_cli_with_the_deploy_role(rendered) -> None:
+    """`roadseg follow` (releases follow the registry): its arguments parse with the real CLI,
+    it is bound to the deploy step's Role only, its webhook port admits MLflow only, and it may
+    reach the service it checks."""
+    import typer.main
+
+    from roadseg.cli import app
+
+    _, docs = rendered["prod"]
+    dep = _find(docs, "Deployment", "roadseg-follow")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    spec = _pod_spec(dep)
+    follow = spec["containers"][0]
+    assert spec["automountServiceAccountToken"] is False  # the token is projected, explicitly
+    token = next(v for v in spec["volumes"] if v["name"] == "api-token")["projected"]["sources"]
+    assert token[0]["serviceAccountToken"]["expirationSeconds"] <= 3600
+    assert follow["command"][:2] == ["roadseg", "follow"]
+    ctx = (
+        typer.main.get_command(app).commands["follow"].make_context("follow", follow["command"][2:])
+    )
+    assert ctx.params["listen"] and ctx.params["poll"] > 0 and ctx.params["target"] == "cluster"
+    port = ctx.params["port"]
+    assert [p["containerPort"] for p in follow["ports"]] == [port]
+    secret = _env(follow)["ROADSEG_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "roadseg-follow-webhook", "key": "ROADSEG_WEBHOOK_SECRET"}
+    binding = _find(docs, "RoleBinding", "roadseg-follow")
+    assert binding["roleRef"]["name"] == "roadseg-deploy"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": spec["serviceAccountName"], "namespace": "roadseg"}
+    ]
+    policy = _find(docs, "NetworkPolicy", "roadseg-follow")["spec"]["ingress"]
+    assert policy == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}],
+                       "ports": [{"port": port, "protocol": "TCP"}]}]  # fmt: skip
+    check = _find(docs, "NetworkPolicy", "roadseg-service-follow-check")["spec"]
+    assert check["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "roadseg-follow"
+    }
