@@ -12,6 +12,8 @@ there is one, warms it up, and only then reports ready on /readyz::
 Other environment: ROADSEG_API_KEY (require `X-API-Key` or `Authorization: Bearer`),
 ROADSEG_MONITOR_DIR (monitoring log; default params drift.log_dir), ROADSEG_PARAMS (params file
 for limits and batching), ROADSEG_BACKEND (torch or onnxruntime; default params serve.backend).
+ROADSEG_SHADOW_SHARE, ROADSEG_SHADOW_MODEL_URI: the shadow challenger (params serve.shadow,
+roadseg/serve/shadow.py).
 How it starts, fails and stops: `roadseg/serve/lifecycle.py`.
 """
 
@@ -113,6 +115,11 @@ class RoadSegService:
             model_process=params.serve.model_process,
         )
         self.state.engine, self.state.metadata = engine, metadata
+        from roadseg.serve.shadow import start_shadow
+
+        # The challenger loads in the background; failing, it leaves the champion serving alone.
+        self.state.shadow = start_shadow(params, metadata, engine.spec.class_names,
+                                         backend=metadata["backend"])  # fmt: skip
         bentoml.metrics.Gauge(
             name="roadseg_model_info",
             documentation="The served model (value 1)",
@@ -131,6 +138,8 @@ class RoadSegService:
         """After uvicorn has drained the requests in flight: the monitoring rows still queued are
         written and the batching queue stops."""
         await run_in_threadpool(self.state.flush, 10.0)
+        if self.state.shadow is not None:  # the images queued, then its last summary to MLflow
+            await run_in_threadpool(self.state.shadow.close, 10.0)
         if self.state.engine is not None:
             await self.state.engine.close()
 

@@ -81,6 +81,8 @@ class ServingState:
     ui_dir: Path | None = None
     # Monitoring rows are written off the response path (full queue: rows dropped, counted).
     monitor_jobs: BackgroundJobs = field(default_factory=lambda: BackgroundJobs(MONITOR_QUEUE))
+    # The shadow challenger (roadseg.serve.shadow.ShadowRunner), offered every prediction.
+    shadow: Any = None
 
     @property
     def version(self) -> str:
@@ -98,7 +100,10 @@ class ServingState:
     async def infer(self, images: list[np.ndarray]) -> list[Prediction]:
         """The one inference path: the batching queue; the monitoring log is fed in the
         background (a small copy of each image's pixels is all it keeps, see `record_features`)."""
-        then = None if self.monitor is None else functools.partial(record_features, self)
+        hooks = [functools.partial(record_features, self)] if self.monitor is not None else []
+        if self.shadow is not None:
+            hooks.append(self.shadow.offer)
+        then = hooks[0] if len(hooks) == 1 else functools.partial(_each, hooks) if hooks else None
         try:
             return await self.require_engine().predict(images, then=then)
         except EngineUnavailable as e:
@@ -195,6 +200,15 @@ def _write_row(
     from roadseg.monitor.features import grid_features
 
     monitor.write([grid_features(grid, outcome) | size], model_version=version)
+
+
+def _each(hooks: list[Callable], images: list[np.ndarray], preds: list[Prediction]) -> None:
+    """Run every after-prediction hook; one that fails never skips the others."""
+    for hook in hooks:
+        try:
+            hook(images, preds)
+        except Exception:
+            logger.exception("after-prediction hook %r failed", hook)
 
 
 StateSource = ServingState | Callable[[], ServingState | None]

@@ -58,9 +58,11 @@ def info_routes(get_state: StateGetter) -> APIRouter:
 
     @router.get("/metadata")
     async def metadata() -> dict[str, Any]:
-        """Model name, version, run id, params hash, lineage and serving settings."""
+        """Model name, version, run id, params hash, lineage and serving settings; `shadow`:
+        the shadow challenger's state and running agreement (roadseg/serve/shadow.py)."""
         state = get_state()
         state.require_engine()
-        return {**state.metadata, "model_version": state.version}
+        shadow = state.shadow.status() if state.shadow is not None else {"state": "off"}
+        return {**state.metadata, "model_version": state.version, "shadow": shadow}
 
     return router
