@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
@@ -20,6 +20,10 @@ from roadseg.models.bento import CARD_DIR, CARD_HTML, CARD_MD
 from roadseg.serve.errors import InputError
 
 FILES = {"html": Path(CARD_HTML).name, "md": Path(CARD_MD).name}
+# What /docs.json declares for 200: the card as HTML, or markdown with ?format=md.
+CARD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/html": {}, "text/markdown": {}}, "description": "the model card"}
+}
 
 
 def card_folder(info: dict[str, Any], cache: dict[str, Path | None]) -> Path | None:
@@ -45,11 +49,13 @@ def card_routes(get_state: Callable[[], Any]) -> APIRouter:
     router = APIRouter(tags=["info"])
     cache: dict[str, Path | None] = {}
 
-    @router.get("/model-card")
-    async def model_card(format: str = "html") -> Response:
+    @router.get("/model-card", response_class=HTMLResponse, responses=CARD_RESPONSES)
+    async def model_card(
+        format: str = Query("html", json_schema_extra={"enum": list(FILES)}),
+    ) -> Response:
         """The served model version's model card: HTML, or markdown with `?format=md`."""
-        if format not in FILES:
-            raise InputError(f"format {format!r}: expected html or md", 422, "bad_format")
+        if format not in FILES:  # checked here, not by FastAPI: the answer keeps its own code
+            raise InputError("format: expected html or md", 422, "bad_format")
         engine = get_state().require_engine()
         folder = await run_in_threadpool(card_folder, engine.info, cache)  # may fetch from MLflow
         path = folder / FILES[format] if folder is not None else None

@@ -32,7 +32,14 @@ logger = logging.getLogger(__name__)
 
 MULTIPART_SPARE_PARTS = 16  # form fields beyond the images a request may carry
 HTTP_STATUSES = {s.value for s in HTTPStatus}
-PROBLEMS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+# Codes of the error answers the guard replaces (BentoML's 503 is /readyz's "not ready").
+PROBLEMS = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    503: "not_ready",
+}
 KEPT_HEADERS = (b"allow", b"retry-after", b"www-authenticate")
 HELD_BODY_LIMIT = 4096  # of a replaced error body: enough for its message
 
@@ -284,8 +291,13 @@ class Exchange:
         except ClientDisconnect:  # gone mid-body (or cut off below the app): nobody to answer
             logger.info("%s: the client left before its body was read", self.scope.get("path"))
         except Exception:
+            # A real error. Answered here: BentoML's TimeoutMiddleware above would hold the
+            # client until its timeout and then close without any answer.
+            if self.started and not self.answered:
+                raise  # mid-answer: nothing left to say but the broken connection
             if not self.answered:
-                raise  # a real error: BentoML's handlers answer it
+                logger.exception("%s: unexpected error", self.scope.get("path"))
+                await self.answer(500, "server_error", "unexpected error; the service logged it")
         finally:
             if self.watcher is not None:
                 self.watcher.cancel()

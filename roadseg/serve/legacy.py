@@ -48,10 +48,11 @@ PREDICT_JSON_BODY = {
                 "type": "object",
                 "required": ["image_names", "images"],
                 "properties": {
-                    "image_names": {"type": "array", "items": {"type": "string"}},
+                    "image_names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                     "images": {
                         "type": "array",
                         "items": {"type": "string", "format": "byte"},
+                        "minItems": 1,
                         "description": "base64 JPEG/PNG, one per name",
                     },
                 },

@@ -6,7 +6,7 @@ the problem body every error carries, and it declares FastAPI's and BentoML's ow
 which the service never sends. `describe` rewrites that document: every operation lists each
 status it can return with the RFC 9457 `Problem` schema, the raw-body form and the `format` enum
 of `/segment`, the API key as a security scheme, and the request constraints the service enforces
-(`minItems`). `DocumentRoutes` serves the rewritten document in place of BentoML's.
+(`minItems`, `minLength`). `DocumentRoutes` serves the rewritten document in place of BentoML's.
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ def describe(spec: dict[str, Any], *, api_key: bool) -> dict[str, Any]:
                 op["security"] = [{"apiKey": []}, {"bearer": []}]
             if path in ("/segment", "/segment/json") and method == "post":
                 _raw_body(op, with_format=path == "/segment")
+            for media in op.get("requestBody", {}).get("content", {}).values():
+                _no_empty_files(_resolve(doc, media.get("schema", {})), doc)
     for schema in schemas.values():
         _at_least_one(schema)
     for unused in ("HTTPValidationError", "ValidationError", "InvalidArgument", "NotFound",
@@ -129,6 +131,31 @@ def _raw_body(op: dict[str, Any], *, with_format: bool) -> None:
         }
         op["parameters"] = [p for p in op.get("parameters", []) if p.get("name") != "format"]
         op["parameters"].append(param)
+
+
+def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, or the component its local `$ref` names."""
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/components/schemas/"):
+        return doc["components"]["schemas"].get(ref.rsplit("/", 1)[1], schema)
+    return schema
+
+
+def _is_file(schema: dict[str, Any]) -> bool:
+    return schema.get("type") in ("string", "file") and (
+        schema.get("format") == "binary" or "contentMediaType" in schema
+    )
+
+
+def _no_empty_files(schema: dict[str, Any], doc: dict[str, Any]) -> None:
+    """Uploads take at least one byte: the routes refuse an empty body or part (400 `empty`)."""
+    if _is_file(schema):
+        schema.setdefault("minLength", 1)
+    for prop in schema.get("properties", {}).values():
+        prop = _resolve(doc, prop)
+        for item in (prop, _resolve(doc, prop.get("items", {}))):
+            if _is_file(item):
+                item.setdefault("minLength", 1)
 
 
 def _at_least_one(schema: dict[str, Any]) -> None:

@@ -459,6 +459,27 @@ def test_client_hang_up_cancels_the_route_before_its_work():
     assert done == [] and sent == [] and seconds < 2
 
 
+def test_an_unexpected_error_is_a_500_problem_at_once_not_a_hang() -> None:
+    """Found by the API fuzzer: BentoML's TimeoutMiddleware, above the guard, would hold the
+    client for its 300 s timeout and then close with no answer at all."""
+
+    async def broken_app(scope, receive, send) -> None:
+        await receive()
+        raise ValueError("a bug, with a /secret/path in its message")
+
+    sent, seconds = _run_guard(broken_app, [{"type": "http.request", "body": b""}], Limits())
+    assert sent[0]["status"] == 500 and seconds < 2
+    body = json.loads(sent[1]["body"])
+    assert body["error"] == "server_error" and "secret" not in sent[1]["body"].decode()
+
+    async def broken_midway(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise ValueError("after the answer started")
+
+    with pytest.raises(ValueError):  # the server closes the connection: nothing else to say
+        _run_guard(broken_midway, [], Limits())
+
+
 # ---------------------------------------------------------------- round 2
 
 

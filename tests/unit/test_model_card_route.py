@@ -74,6 +74,19 @@ def test_a_model_without_a_card_answers_404_with_the_json_body(info: dict) -> No
 def test_an_unknown_format_is_422(card: Path) -> None:
     r = client_for({"model_card": str(card)}).get("/model-card", params={"format": "pdf"})
     assert r.status_code == 422 and r.json()["error"] == "bad_format"
+    assert "pdf" not in r.text  # the input is never echoed back
+
+
+def test_the_document_declares_the_formats_and_the_answers_media_types(card: Path) -> None:
+    """The API fuzzer's runs have no card (404): the 200 answers are checked here."""
+    client = client_for({"source": "bento", "model_card": str(card), "version": "7"})
+    op = client.app.openapi()["paths"]["/model-card"]["get"]
+    (param,) = [p for p in op["parameters"] if p["name"] == "format"]
+    assert param["schema"]["enum"] == ["html", "md"]
+    declared = set(op["responses"]["200"]["content"])
+    for fmt in param["schema"]["enum"]:
+        answered = client.get("/model-card", params={"format": fmt}).headers["content-type"]
+        assert answered.split(";")[0] in declared, (fmt, answered, declared)
 
 
 def test_not_ready_is_503() -> None:

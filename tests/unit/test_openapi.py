@@ -84,6 +84,26 @@ def test_describe_declares_the_problem_for_every_status_and_leaves_its_input_alo
     assert "securitySchemes" not in describe(BENTOML_LIKE, api_key=False)["components"]
 
 
+def test_uploads_take_at_least_one_byte() -> None:
+    """An empty part or body is refused (400 `empty`): the document says so (`minLength`)."""
+    spec = copy.deepcopy(BENTOML_LIKE)
+    binary = {"type": "string", "contentMediaType": "application/octet-stream"}
+    spec["components"]["schemas"]["Body_upload"]["properties"] = {
+        "files": {"type": "array", "items": dict(binary)},
+        "file": dict(binary),
+        "name": {"type": "string"},
+    }
+    spec["paths"]["/upload"]["post"]["requestBody"] = {
+        "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/Body_upload"}}}
+    }
+    doc = describe(spec, api_key=False)
+    props = doc["components"]["schemas"]["Body_upload"]["properties"]
+    assert props["files"]["items"]["minLength"] == 1 and props["file"]["minLength"] == 1
+    assert "minLength" not in props["name"]
+    raw = doc["paths"]["/segment"]["post"]["requestBody"]["content"]["image/png"]["schema"]
+    assert raw["minLength"] == 1
+
+
 def test_the_docs_table_lists_the_statuses_the_document_declares() -> None:
     text = DOCS.read_text()
     header = next(line for line in text.splitlines() if line.startswith("| route |"))
