@@ -161,3 +161,51 @@ def test_cli_exit_codes_and_lines(two_versions: MlflowClient, store: str, tmp_pa
     assert f"{NAME} v2 -> champion (was v1), by ci at" in done.output
     assert json.loads(out.read_text())["promoted"] is True
     assert two_versions.get_model_version_by_alias(NAME, CHAMPION).version == 2
+
+
+def test_service_shadow_summary_is_the_evidence_promote_reads(
+    two_versions: MlflowClient, store: str, tmp_path: Path
+) -> None:
+    """The serving side's reporter (roadseg.serve.shadow.mlflow_reporter) writes what the gate
+    reads: a runner over a stand-in challenger for v2 logs its summary at shutdown."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from roadseg.inference.predict import Prediction
+    from roadseg.serve.shadow import ShadowRunner, mlflow_reporter
+
+    mask = np.tile(np.array([0, 0, 0, 1, 1, 1, 1, 1], np.uint8), (4, 1))  # mirror agrees on 2/8
+
+    class Mirror:
+        spec = SimpleNamespace(class_names=["road", "sky"])
+
+        def predict_now(self, images):
+            return [Prediction(np.fliplr(im[..., 0]), 1.0, {}) for im in images]
+
+    v2 = two_versions.get_model_version(NAME, "2")
+    meta = {"model_name": NAME, "version": "2", "run_id": v2.run_id}
+    runner = ShadowRunner(lambda: (Mirror(), meta), share=1.0, uri=f"models:/{NAME}@challenger",
+                          champion={"model_name": NAME, "version": "1"}, class_names=["road", "sky"],
+                          queue_size=64, reporter=mlflow_reporter("pod-x"))  # fmt: skip
+    assert runner.start().wait_loaded(10) == "on"
+    image = np.repeat(mask[..., None], 3, -1)
+    for _ in range(12):
+        runner.offer([image], [Prediction(mask, 1.0, {})])
+    runner.close(timeout=10)
+    assert runner.stats.images == 12
+
+    tags = two_versions.get_model_version(NAME, "2").tags
+    assert tags[IMAGES_TAG] == "12" and float(tags[AGREEMENT_TAG]) == 0.25
+    assert json.loads(tags["shadow.src.pod-x"])["champion"] == "1"
+    local = two_versions.download_artifacts(v2.run_id, "shadow/pod-x.json", str(tmp_path))
+    shares = json.loads(Path(local).read_text())["class_shares"]
+    # mirroring moves the pixels, not their counts: the same shares, a quarter of the pixels agree
+    assert shares == {"champion": {"road": 0.375, "sky": 0.625},
+                      "challenger": {"road": 0.375, "sky": 0.625}}  # fmt: skip
+
+    low = SHADOW.model_copy(update={"shadow_min_images": 10})
+    r = promote(f"models:/{NAME}@challenger", low, tracking_uri=store)
+    assert r.failed == ["shadow agreement 0.2500 < minimum 0.9000 (over 12 images)"]
+    ok = low.model_copy(update={"shadow_min_agreement": 0.2})
+    assert promote(f"models:/{NAME}@challenger", ok, tracking_uri=store).promoted
