@@ -60,6 +60,14 @@ format: install
 bench: install
 	$(PY) benchmarks/data_throughput.py
 
+# The longer API fuzz run (issue 28): schemathesis against a live `bentoml serve` it starts, every
+# check but those tests/api_fuzz.py lists with a reason; FUZZ_EXAMPLES per operation and phase.
+# The shorter in-process run is part of `make test` (tests/integration/test_api_fuzz.py).
+FUZZ_EXAMPLES ?= 500
+.PHONY: fuzz-live
+fuzz-live: install
+	$(PY) scripts/fuzz_live.py --examples $(FUZZ_EXAMPLES)
+
 # The documentation site (mkdocs.yml, pages in docs/) into site/. --strict: any warning fails (a
 # broken link or anchor, a page missing from nav, a missing snippet). docs-serve: live, on :8000.
 .PHONY: docs docs-serve
