@@ -176,7 +176,7 @@ def test_slow_challenger_drops_and_counts_instead_of_slowing_the_champion() -> N
         t0 = time.perf_counter()
         r.offer(images, preds)
         worst = max(worst, time.perf_counter() - t0)
-    assert worst < 0.05, f"offer blocked for {worst:.3f}s"  # never waits for the challenger
+    assert worst < 0.15, f"offer blocked for {worst:.3f}s"  # a challenger call takes 0.3 s
     assert r.stats.dropped >= 30 and r.metrics.values["dropped"] == r.stats.dropped
     r.close(timeout=10)
     # every sampled image is either compared or dropped, none lost, none waited on
