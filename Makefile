@@ -47,6 +47,14 @@ demo: install
 demo-data: install
 	$(VENV)/bin/roadseg demo
 
+# The closed loop on one machine (scripts/loop_demo.py, ~5 min): serve the champion, drifted
+# traffic, drift check without and with new data (one run -> @challenger), shadow agreement,
+# roadseg promote, the follower repackages and swaps the service. Everything under LOOP_DIR.
+LOOP_DIR ?= artifacts/loop-demo
+.PHONY: loop-demo
+loop-demo: install
+	rm -rf $(LOOP_DIR) && $(PY) scripts/loop_demo.py --work $(LOOP_DIR) --json $(LOOP_DIR).json
+
 # tools: checkov for the manifest security scan, in its own venv (see below).
 test: install tools
 	$(VENV)/bin/pytest -q
