@@ -150,6 +150,7 @@ class LossParams(_Frozen):
     dice_weight: float = Field(0.5, ge=0.0)
     ce_weight: float = Field(0.5, ge=0.0)
     smooth: float = Field(1.0, ge=0.0)
+    class_weight_power: float = Field(0.5, ge=0.0)
 
 
 class TrainParams(_Frozen):

@@ -51,26 +51,30 @@ def remap_mask(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut.take(mask)  # a 256-entry gather; faster than lut[mask] or a loop over classes
 
 
-def class_stats_from_counts(counts: np.ndarray, names: list[str], ignore_index: int) -> dict:
-    """Frequencies and weights from per-class pixel counts.
+def frequency_weights(frequencies: Iterable[float], power: float = 0.5) -> list[float]:
+    """Class weights frequency^-power (0.5: 1/sqrt, the default; 1: inverse frequency),
+    normalised to mean 1 over the classes that occur; a class with no pixels gets weight 0 (it
+    never appears in the targets the weights are used with)."""
+    freq = np.asarray(list(frequencies), dtype=np.float64)
+    weights = np.zeros(len(freq))
+    seen = freq > 0
+    if seen.any():
+        weights[seen] = freq[seen] ** -power
+        weights[seen] /= weights[seen].mean()
+    return [round(float(w), 6) for w in weights]
 
-    Weights are 1/sqrt(frequency), normalised to mean 1 over the classes that occur; a class
-    with no pixels gets weight 0 (it never appears in the targets the weights are used with).
-    """
+
+def class_stats_from_counts(counts: np.ndarray, names: list[str], ignore_index: int) -> dict:
+    """Frequencies and weights (`frequency_weights`, 1/sqrt) from per-class pixel counts."""
     counts = np.asarray(counts, dtype=np.int64)[: len(names)]
     total = counts.sum()
     freq = counts / total if total else np.zeros(len(names))
-    weights = np.zeros(len(names))
-    seen = counts > 0
-    if seen.any():
-        weights[seen] = 1.0 / np.sqrt(freq[seen])
-        weights[seen] /= weights[seen].mean()
     return {
         "classes": list(names),
         "ignore_index": ignore_index,
         "pixel_counts": counts.tolist(),
         "frequencies": [float(f) for f in freq],
-        "weights": [round(float(w), 6) for w in weights],
+        "weights": frequency_weights(freq),
     }
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DistributedSampler, Subset
 
 from roadseg.config import Params
 from roadseg.data.dataset import build_dataset, build_loader, class_stats, image_stats, list_split
+from roadseg.data.remap import frequency_weights
 from roadseg.losses import WEIGHTED_LOSSES, build_loss
 from roadseg.models import PRETRAINED_NORMALIZATION
 from roadseg.models.spec import ModelSpec
@@ -152,7 +153,10 @@ def build_data(
         spec = ModelSpec.from_params(params, mean=mean, std=std, loss=params.loss.name)
     weights = None
     if params.loss.name in WEIGHTED_LOSSES:
-        weights = torch.tensor(class_stats(data_dir, params, train_samples)["weights"])
+        stats = class_stats(data_dir, params, train_samples)
+        power = params.loss.class_weight_power
+        weights = torch.tensor(stats["weights"] if power == 0.5 else
+                               frequency_weights(stats["frequencies"], power))  # fmt: skip
     norm = {"mean": list(spec.mean), "std": list(spec.std)}
     train_ds = build_dataset(data_dir, params, "train", train=True, samples=train_samples, **norm)
     val_ds = build_dataset(data_dir, params, "val", train=False, samples=val_samples, **norm)

@@ -26,6 +26,32 @@ def test_lr_warms_up_then_decays_to_zero() -> None:
     assert lr_factor(55, total, warm, "cosine") == pytest.approx(0.5)
 
 
+def test_class_weight_power_sets_how_much_rare_classes_weigh(synth_dir: Path) -> None:
+    """frequency^-power, mean 1 over the classes present, 0 for absent ones: 0.5 (the default,
+    class_stats.json's 1/sqrt) or 1 (inverse frequency); training reads `loss.class_weight_power`."""
+    import torch
+
+    from roadseg.config import load_params
+    from roadseg.data.remap import frequency_weights
+    from roadseg.train.setup import Runtime, build_data
+
+    freq = [0.64, 0.32, 0.04, 0.0]
+    for power, ratio in ((0.0, 1.0), (0.5, 4.0), (1.0, 16.0)):
+        w = frequency_weights(freq, power)
+        assert w[2] / w[0] == pytest.approx(ratio, rel=1e-5) and w[3] == 0.0
+        assert sum(w[:3]) / 3 == pytest.approx(1.0, abs=1e-5)
+
+    def weights(power: float) -> torch.Tensor:
+        params = load_params(overrides=["loss.name=wce", f"loss.class_weight_power={power}"])
+        return build_data(params, synth_dir, Runtime(torch.device("cpu"))).class_weights
+
+    sqrt, inverse = weights(0.5), weights(1.0)
+    seen = sqrt > 0
+    assert seen.sum() >= 3 and torch.equal(seen, inverse > 0)
+    expected = sqrt[seen] ** 2 / (sqrt[seen] ** 2).mean()  # (f^-0.5)^2 = f^-1
+    assert torch.allclose(inverse[seen], expected, rtol=1e-3)
+
+
 def test_augment_pads_with_ignore_and_keeps_pairs_aligned() -> None:
     rng = np.random.default_rng(0)
     image = np.zeros((40, 60, 3), np.uint8)
