@@ -147,6 +147,27 @@
     $("model-params").textContent = hash ? String(hash).slice(0, 12) : "";
     const uri = body.model_uri ?? body.uri;
     if (uri) $("model-name").title = uri;
+    await loadModelCard();
+  }
+
+  /** The header links the served version's model card when it has one (404: no card, no link).
+   * Opened through fetch so the API key goes with it; a plain link cannot send a header. */
+  async function loadModelCard() {
+    const link = $("model-card-link");
+    if (state.modelCardUrl) URL.revokeObjectURL(state.modelCardUrl);
+    state.modelCardUrl = null;
+    let found = false;
+    try {
+      const response = await fetch(apiUrl("/model-card?format=html"), { headers: authHeaders() });
+      if (response.ok) {
+        state.modelCardUrl = URL.createObjectURL(await response.blob());
+        found = true;
+      }
+    } catch (_) {
+      /* no card: no link */
+    }
+    link.href = state.modelCardUrl || apiUrl("/model-card");
+    $("model-card-item").hidden = !found;
   }
 
   async function connect() {

@@ -170,11 +170,13 @@ def _register_tiny_model() -> None:
 
     from roadseg.config import load_params
     from roadseg.models import build_model
+    from roadseg.models.bento import CARD_HTML, CARD_MD
     from roadseg.models.io import log_model
     from roadseg.models.spec import ModelSpec
 
     params = load_params(
-        REPO / "params.yaml", overrides=["train.image_size=[32,48]", "model.base_channels=4"]
+        REPO / "params.yaml",
+        overrides=["train.image_size=[32,48]", "model.base_channels=4", "model.name=unet"],
     )
     spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25))
     model = build_model(
@@ -184,6 +186,9 @@ def _register_tiny_model() -> None:
     mlflow.set_experiment("ui-test")
     with mlflow.start_run() as run:
         log_model(model, spec, registered_model_name="roadseg-unet")
+        # its model card, where registration puts one (GET /model-card reads it from the run)
+        mlflow.log_text("# Model card: tiny test model\n", CARD_MD)
+        mlflow.log_text("<!doctype html><h1>Model card: tiny test model</h1>", CARD_HTML)
     MlflowClient().set_registered_model_alias("roadseg-unet", "champion", "1")
     print(run.info.run_id)
 
@@ -389,6 +394,14 @@ def test_ui_segments_uploads_end_to_end(
     assert driver.find_element(By.ID, "model-name").text == "roadseg-unet"
     assert driver.find_element(By.ID, "model-version").text == service.version
     assert driver.find_element(By.ID, "model-run").text == service.run_id
+    # The header links the version's model card, fetched with the API key when there is one.
+    assert driver.find_element(By.ID, "model-card-item").is_displayed()
+    card_text = driver.execute_async_script(
+        "const done = arguments[1];"
+        "fetch(arguments[0].href).then(r => r.text()).then(done, e => done(String(e)));",
+        driver.find_element(By.ID, "model-card-link"),
+    )
+    assert "Model card: tiny test model" in card_text
 
     # Upload one image: the card shows original | mask | overlay at the image's resolution.
     image = _png(tmp_path / "street.png", seed=1)
