@@ -180,20 +180,38 @@ def forget_active_run(run_id: str | None) -> None:
 
 
 LOCKED = ("database is locked", "database table is locked")
+# Two parallel variants logging the same dataset input: both find it missing, both insert it, and
+# the second insert breaks the store's unique key. Tried again, the call finds the first one's
+# row and links it (SQLite's message; PostgreSQL's names the key of the datasets table).
+DATASET_RACE = (
+    "UNIQUE constraint failed: datasets.",
+    "duplicate key value violates unique constraint",
+)
+
+
+def transient(error: BaseException) -> bool:
+    """A store refusal that passes by itself (a lock, a concurrent insert of the same dataset),
+    not an unreachable server to fall back from."""
+    text = str(error)
+    if any(m in text for m in LOCKED) or DATASET_RACE[0] in text:
+        return True
+    return DATASET_RACE[1] in text and "dataset" in text
 
 
 def retry_locked(fn: Callable[[], Any], tries: int = 6, first_wait_s: float = 0.5) -> Any:
-    """`fn()`, tried again (0.5, 1, 2, ... s apart) while a SQLite store says it is locked.
+    """`fn()`, tried again (0.5, 1, 2, ... s apart) while the store refuses it for a `transient`
+    reason.
 
     Parallel variants log to one SQLite file in a local run; SQLite refuses a writer at once
     (busy timeout or not) when two transactions would deadlock on upgrading their locks, and
-    such a refusal is not an unreachable server to fall back from.
+    two variants that log the same dataset at once race on its unique key. Neither is an
+    unreachable server to fall back from.
     """
     for attempt in range(tries):
         try:
             return fn()
         except Exception as e:
-            if attempt == tries - 1 or not any(m in str(e) for m in LOCKED):
+            if attempt == tries - 1 or not transient(e):
                 raise
             time.sleep(first_wait_s * 2**attempt)
     raise AssertionError("unreachable")

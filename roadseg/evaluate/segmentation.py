@@ -187,7 +187,7 @@ def log_scores(
         digest = client.get_run(run_id).data.params.get("dataset_version")
         digest = digest or tracking.dataset_version(Path(data_dir))
         entry = tracking.dataset_input(f"{dataset}-{split}", digest, str(data_dir), split)
-        client.log_inputs(run_id, [entry])
+        tracking.retry_locked(lambda: client.log_inputs(run_id, [entry]))  # variants race on it
 
 
 def evaluate_source(

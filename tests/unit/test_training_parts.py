@@ -220,3 +220,21 @@ def test_a_locked_sqlite_store_is_waited_for_not_fallen_back_from(
         retry_locked(
             lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")), tries=3
         )
+    # Two variants inserting the same dataset at once: the loser is tried again, not moved to a
+    # fallback store (where the registry step would not see its run).
+    raced = []
+
+    def insert_dataset() -> str:
+        raced.append(1)
+        if len(raced) == 1:
+            raise sqlite3.IntegrityError("UNIQUE constraint failed: datasets.experiment_id, "
+                                         "datasets.name, datasets.digest")  # fmt: skip
+        return "linked"
+
+    assert retry_locked(insert_dataset) == "linked" and len(raced) == 2
+    with pytest.raises(sqlite3.IntegrityError):  # another table's unique key is a real error
+        retry_locked(
+            lambda: (_ for _ in ()).throw(
+                sqlite3.IntegrityError("UNIQUE constraint failed: runs.x")
+            )
+        )
