@@ -16,6 +16,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from roadseg.overrides import ParamsError as ParamsError  # re-exported: callers catch it here
+from roadseg.overrides import apply_overrides
+
 DEFAULT_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 
 # The one list of loss and model names: params validation, the CLI's help, the pipeline's default
@@ -27,10 +30,6 @@ MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 # What runs the network in the service (roadseg.serve.backends); ROADSEG_BACKEND overrides it.
 BackendName = Literal["torch", "onnxruntime"]
 BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
-
-
-class ParamsError(ValueError):
-    """Params that cannot be loaded: a bad file, an unknown key or an invalid value."""
 
 
 class _Frozen(BaseModel):
@@ -342,37 +341,6 @@ class Params(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ParamsError(f"override {item!r} is not of the form dotted.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ParamsError(f"override {item!r}: value is not valid YAML ({e})") from e
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Set dotted keys in a copy of the raw params dict; a key that does not exist is an error."""
-    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
-    for item in overrides:
-        path, value = _parse_override(item)
-        node: Any = out
-        for i, part in enumerate(path):
-            dotted = ".".join(path[: i + 1])
-            if isinstance(node, dict) and node and all(isinstance(k, int) for k in node):
-                part = int(part) if part.lstrip("-").isdigit() else part  # type: ignore[assignment]
-            if not isinstance(node, dict) or part not in node:
-                if i == len(path) - 1 and isinstance(node, dict) and _is_optional_leaf(path):
-                    break
-                raise ParamsError(f"unknown params key {dotted!r} (in override {item!r})")
-            if i < len(path) - 1:
-                node = node[part]
-        node[part] = value
-    return out
-
-
 _ALIASED = {"validate": "validate_", "register": "register_"}
 
 
@@ -390,7 +358,7 @@ def parse_params(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
     """Validate a raw params dict (plus overrides) into `Params`, with readable errors."""
     if not isinstance(raw, dict):
         raise ParamsError("params must be a mapping of sections")
-    merged = apply_overrides(raw, overrides)
+    merged = apply_overrides(raw, overrides, optional_leaf=_is_optional_leaf)
     for field_name, field in Params.model_fields.items():
         if field_name != "data":
             merged.setdefault(field.alias or field_name, {})
