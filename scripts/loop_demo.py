@@ -174,7 +174,8 @@ def run(work: Path, port: int) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from roadseg.pipeline.run import ensure_experiment
-    from roadseg.release.follow import Follower, LocalRelease
+    from roadseg.release.follow import Follower
+    from roadseg.release.targets import LocalRelease
 
     ensure_experiment(uri, "bdd100k", work / "mlartifacts")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

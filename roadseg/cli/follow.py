@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from roadseg.cli.common import ParamsOpt, SetOpt, app, echo, fail, get_params, tracking_uri
+
+if TYPE_CHECKING:
+    from roadseg.release.follow import Follower
+    from roadseg.release.targets import Release
 
 
 @app.command("follow")
@@ -47,10 +51,28 @@ def follow(
     codes with --once: 0 served (or nothing to do), 1 the release failed, 2 bad input."""
     import logging
 
-    from roadseg.release.follow import ClusterRelease, Follower, LocalRelease
+    from roadseg.release.follow import Follower
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = get_params(params, set_)
+    _check_options(target=target, listen=listen, secret=secret, once=once, poll=poll)
+    uri = tracking_uri()
+    name = p.register.model_name_for(p.data.dataset)
+    release = _release_target(p, target, uri=uri, params=params, serve_port=serve_port,
+                              export_dir=export_dir)  # fmt: skip
+    follower = Follower(name, release, tracking_uri=uri, alias=alias, retry_after_s=retry_after)
+    if once:
+        _follow_once(follower)
+    banner = (f"following {name}@{alias} at {uri} ({target}; poll {poll:g} s"
+              f"{f', webhooks on {host}:{port}/webhook' if listen else ''})")  # fmt: skip
+    webhook = (host, port, secret or "", tolerance) if listen else None
+    _run_until_stopped(follower, poll, banner=banner, webhook=webhook)
+
+
+def _check_options(
+    *, target: str, listen: bool, secret: str | None, once: bool, poll: float
+) -> None:
+    """Exit 2 on options that cannot work together, before anything starts."""
     if target not in ("cluster", "local"):
         fail(f"--target {target!r}: expected cluster or local", 2)
     if listen and not secret:
@@ -59,37 +81,58 @@ def follow(
         fail("--once with --target local would stop the server it starts; use --poll", 2)
     if not listen and not once and poll <= 0:
         fail("nothing would trigger a release: give --poll SECONDS, --listen or --once", 2)
-    uri = tracking_uri()
-    name = p.register.model_name_for(p.data.dataset)
+
+
+def _release_target(
+    p: Any, target: str, *, uri: str, params: Path | None, serve_port: int, export_dir: Path
+) -> Release:
+    """Where releases go: the cluster's package + deploy steps, or `bentoml serve` here."""
+    from roadseg.release.targets import ClusterRelease, LocalRelease
+
     if target == "cluster":
-        release = ClusterRelease(p, tracking_uri=uri, export_dir=export_dir)
-    else:
-        env = {"ROADSEG_PARAMS": str(params.resolve())} if params else {}
-        release = LocalRelease(tracking_uri=uri, port=serve_port, env=env, export_dir=None)
-    follower = Follower(name, release, tracking_uri=uri, alias=alias, retry_after_s=retry_after)
-    if once:
-        try:
-            result = follower.sync(force=True)
-        except Exception as e:  # MLflow unreachable, unknown model
-            fail(f"cannot follow {name}@{alias}: {e}", 2)
-        echo(f"{name}@{alias}: {result.action}: {result.reason}")
-        raise typer.Exit(1 if result.action == "failed" else 0)
+        return ClusterRelease(p, tracking_uri=uri, export_dir=export_dir)
+    env = {"ROADSEG_PARAMS": str(params.resolve())} if params else {}
+    return LocalRelease(tracking_uri=uri, port=serve_port, env=env, export_dir=None)
+
+
+def _follow_once(follower: Follower) -> None:
+    """--once: one forced sync; exit 0 served (or nothing to do), 1 failed, 2 not tried."""
+    name, alias = follower.name, follower.alias
+    try:
+        result = follower.sync(force=True)
+    except Exception as e:  # MLflow unreachable, unknown model
+        fail(f"cannot follow {name}@{alias}: {e}", 2)
+    echo(f"{name}@{alias}: {result.action}: {result.reason}")
+    raise typer.Exit(1 if result.action == "failed" else 0)
+
+
+def _run_until_stopped(
+    follower: Follower,
+    poll: float,
+    *,
+    banner: str,
+    webhook: tuple[str, int, str, float] | None,
+) -> None:
+    """Run the worker (timer and requests) and, given `webhook` (host, port, secret, tolerance),
+    the receiver, until SIGINT or SIGTERM; then stop the worker and a local server."""
     import signal
 
+    from roadseg.release.targets import LocalRelease
+
     stop_signals = {signal.SIGINT, signal.SIGTERM}
-    if not listen:  # the worker threads inherit the mask; the main thread waits for a signal
+    if webhook is None:  # the worker threads inherit the mask; the main thread waits for a signal
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     follower.start(poll if poll > 0 else None)
     follower.request(force=False)  # reconcile once at start-up
-    echo(f"following {name}@{alias} at {uri} ({target}; poll {poll:g} s"
-         f"{f', webhooks on {host}:{port}/webhook' if listen else ''})")  # fmt: skip
+    echo(banner)
     try:
-        if listen:
+        if webhook is not None:
             import uvicorn
 
-            from roadseg.release.follow import webhook_app
+            from roadseg.release.webhook import webhook_app
 
-            app_ = webhook_app(follower, secret or "", tolerance_s=tolerance)
+            host, port, secret, tolerance = webhook
+            app_ = webhook_app(follower, secret, tolerance_s=tolerance)
             uvicorn.run(app_, host=host, port=port, log_level="info", access_log=False)
         else:
             signal.sigwait(stop_signals)
@@ -97,5 +140,5 @@ def follow(
         pass
     finally:
         follower.stop(timeout=30)
-        if isinstance(release, LocalRelease):
-            release.stop()
+        if isinstance(follower.release, LocalRelease):
+            follower.release.stop()

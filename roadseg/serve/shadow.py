@@ -7,8 +7,8 @@ Every request's after-prediction hook offers its images and the champion's masks
 `ShadowRunner`; it takes a deterministic share of them (never more than `share` of the images
 offered) into a small bounded queue and returns at once. Its own thread runs the challenger on
 what is queued and compares: per image the pixel agreement with the champion's mask and both
-class-share vectors. The champion's answer never waits for the challenger: a full queue drops the
-image and counts it (`roadseg_shadow_dropped_total`).
+class-share vectors (roadseg/serve/shadow_stats.py). The champion's answer never waits for the
+challenger: a full queue drops the image and counts it (`roadseg_shadow_dropped_total`).
 
 Running figures: Prometheus (`roadseg_shadow_agreement`, `roadseg_shadow_images_total`,
 `roadseg_shadow_dropped_total`, `roadseg_shadow_errors_total`, `roadseg_shadow_active`), the
@@ -17,7 +17,8 @@ shutdown to the challenger's MLflow version (`roadseg.release.evidence`: tags `s
 and the aggregate `shadow.images`, `shadow.agreement`, `shadow.dropped`; the per-class shares as
 `shadow/<worker>.json` in its run), which `roadseg promote` reads as evidence. A challenger that
 fails to load (or has other classes, or is the champion itself) logs one warning and leaves the
-champion serving alone (`roadseg_shadow_active` 0, `/metadata` says why).
+champion serving alone (`roadseg_shadow_active` 0, `/metadata` says why). The series and the
+MLflow reporter are in roadseg/serve/shadow_report.py.
 """
 
 from __future__ import annotations
@@ -25,121 +26,28 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
+
+from roadseg.serve.shadow_report import Reporter, ShadowMetrics, mlflow_reporter
+
+# The comparison is imported here too: tests and callers take it from this module.
+from roadseg.serve.shadow_stats import (  # noqa: F401
+    Sampler,
+    ShadowStats,
+    class_share_vector,
+    pixel_agreement,
+)
 
 logger = logging.getLogger(__name__)
 
 SHARE_ENV = "ROADSEG_SHADOW_SHARE"
 URI_ENV = "ROADSEG_SHADOW_MODEL_URI"
 CHALLENGER_ALIAS = "challenger"
-
-
-# ---- pure functions ------------------------------------------------------------------------
-
-
-def pixel_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Share of pixels where two class-id masks of one image give the same class."""
-    if a.shape != b.shape:
-        raise ValueError(f"masks of different shapes: {a.shape} and {b.shape}")
-    if a.size == 0:
-        raise ValueError("empty masks")
-    return float(np.count_nonzero(a == b)) / a.size
-
-
-def class_share_vector(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """Share of the mask's pixels in each class id 0..num_classes-1 (ids beyond are not
-    counted; the vector sums to 1 when there are none)."""
-    if mask.size == 0:
-        raise ValueError("empty mask")
-    counts = np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
-    return counts / float(mask.size)
-
-
-class Sampler:
-    """Which offered images go to the challenger: image n (1-based) is taken when
-    floor(n * share) grows, so after any number of images the taken ones are at most
-    share x offered (exact rational arithmetic) and spread evenly. Thread-safe."""
-
-    def __init__(self, share: float) -> None:
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"shadow share {share} is not within 0..1")
-        self.share = Fraction(share).limit_denominator(1_000_000)
-        if self.share > Fraction(share):  # never round the share up
-            self.share = Fraction(int(share * 1_000_000), 1_000_000)
-        self.offered = 0
-        self.taken = 0
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            self.offered += 1
-            if (self.offered * self.share.numerator) // self.share.denominator > self.taken:
-                self.taken += 1
-                return True
-            return False
-
-
-@dataclass
-class ShadowStats:
-    """Running comparison of the challenger with the champion."""
-
-    class_names: Sequence[str]
-    images: int = 0
-    agreement_sum: float = 0.0
-    min_agreement: float | None = None
-    dropped: int = 0
-    errors: int = 0
-    champion_shares: np.ndarray = field(init=False)
-    challenger_shares: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.champion_shares = np.zeros(len(self.class_names))
-        self.challenger_shares = np.zeros(len(self.class_names))
-
-    def add(self, champion: np.ndarray, challenger: np.ndarray) -> float:
-        """One image's two masks: its agreement, added to the running figures."""
-        agreement = pixel_agreement(champion, challenger)
-        n = len(self.class_names)
-        self.champion_shares += class_share_vector(champion, n)
-        self.challenger_shares += class_share_vector(challenger, n)
-        self.images += 1
-        self.agreement_sum += agreement
-        self.min_agreement = agreement if self.min_agreement is None else min(
-            self.min_agreement, agreement)  # fmt: skip
-        return agreement
-
-    @property
-    def agreement(self) -> float | None:
-        """Mean over the shadowed images of their pixel agreement."""
-        return self.agreement_sum / self.images if self.images else None
-
-    def summary(self) -> dict[str, Any]:
-        def shares(total: np.ndarray) -> dict[str, float]:
-            mean = total / self.images if self.images else total
-            return {
-                name: round(float(v), 6) for name, v in zip(self.class_names, mean, strict=True)
-            }
-
-        return {
-            "images": self.images,
-            "agreement": None if self.agreement is None else round(self.agreement, 6),
-            "min_agreement": None if self.min_agreement is None else round(self.min_agreement, 6),
-            "dropped": self.dropped,
-            "errors": self.errors,
-            "class_shares": {
-                "champion": shares(self.champion_shares),
-                "challenger": shares(self.challenger_shares),
-            },
-        }
-
 
 # ---- settings ------------------------------------------------------------------------------
 
@@ -168,63 +76,10 @@ def shadow_settings(
     return share, uri
 
 
-def worker_source() -> str:
-    """This serving worker, for its summary tag: pod (or host) name and process id."""
-    return f"{os.environ.get('POD_NAME') or socket.gethostname()}-{os.getpid()}"
-
-
-# ---- metrics -------------------------------------------------------------------------------
-
-
-class ShadowMetrics:
-    """Prometheus series on the service's /metrics (BentoML's registry), created by the service
-    once per worker; where they cannot be registered (no BentoML, names taken), they record
-    nothing."""
-
-    def __init__(self) -> None:
-        self.agreement = self.images = self.dropped = self.errors = self.active = None
-        try:
-            import bentoml
-
-            m = bentoml.metrics
-            self.agreement = m.Gauge(name="roadseg_shadow_agreement",
-                                     documentation="Mean pixel agreement of the shadow challenger "
-                                     "with the champion over the images shadowed")  # fmt: skip
-            self.images = m.Counter(name="roadseg_shadow_images_total",
-                                    documentation="Images run through the shadow challenger")  # fmt: skip
-            self.dropped = m.Counter(name="roadseg_shadow_dropped_total",
-                                     documentation="Sampled images dropped: the shadow queue was full")  # fmt: skip
-            self.errors = m.Counter(name="roadseg_shadow_errors_total",
-                                    documentation="Shadow challenger inferences that failed")  # fmt: skip
-            self.active = m.Gauge(name="roadseg_shadow_active",
-                                  documentation="1 while a shadow challenger runs beside the champion")  # fmt: skip
-        except Exception as e:  # no BentoML, or the names are taken in this registry
-            logger.debug("shadow metrics unavailable: %s", e)
-
-    @classmethod
-    def none(cls) -> ShadowMetrics:
-        """Series that record nothing (tests, benchmarks)."""
-        out = cls.__new__(cls)
-        out.agreement = out.images = out.dropped = out.errors = out.active = None
-        return out
-
-    def set(self, name: str, value: float) -> None:
-        metric = getattr(self, name)
-        if metric is not None:
-            metric.set(value)
-
-    def inc(self, name: str, amount: float = 1) -> None:
-        metric = getattr(self, name)
-        if metric is not None and amount:
-            metric.inc(amount)
-
-
 # ---- the runner ----------------------------------------------------------------------------
 
 # () -> (engine, metadata): an object with `predict_now(images)` and `spec`, and its metadata.
 Loader = Callable[[], tuple[Any, dict[str, Any]]]
-# (challenger metadata, summary) -> None: the periodic report (MLflow).
-Reporter = Callable[[Mapping[str, Any], dict[str, Any]], None]
 
 
 class ShadowRunner:
@@ -435,30 +290,6 @@ def _one_line(error: BaseException) -> str:
 
 
 # ---- wiring --------------------------------------------------------------------------------
-
-
-def mlflow_reporter(source: str | None = None) -> Reporter:
-    """Record each summary on the challenger's registered version (`roadseg.release.evidence`)
-    and its per-class shares as `shadow/<source>.json` in the version's run."""
-    from roadseg.release.evidence import record_summary, source_name
-
-    src = source_name(source or worker_source())
-
-    def report(challenger: Mapping[str, Any], summary: dict[str, Any]) -> None:
-        name, version = challenger.get("model_name"), str(challenger.get("version"))
-        if not name or not version.isdigit():
-            return  # not a registered version: nowhere to record it
-        from mlflow import MlflowClient
-
-        client = MlflowClient()
-        evidence = {k: summary[k] for k in ("images", "agreement", "dropped", "champion")}
-        total = record_summary(client, name, version, src, evidence)
-        if challenger.get("run_id"):
-            client.log_dict(challenger["run_id"], summary, f"shadow/{src}.json")
-        logger.info("shadow %s v%s: %d images here (agreement %s), %d in all", name, version,
-                    summary["images"], summary["agreement"], total.images)  # fmt: skip
-
-    return report
 
 
 def start_shadow(
