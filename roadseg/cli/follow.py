@@ -57,7 +57,7 @@ def follow(
     p = get_params(params, set_)
     _check_options(target=target, listen=listen, secret=secret, once=once, poll=poll)
     uri = tracking_uri()
-    name = p.register.model_name_for(p.data.dataset)
+    name = p.register_.model_name_for(p.data.dataset)
     release = _release_target(p, target, uri=uri, params=params, serve_port=serve_port,
                               export_dir=export_dir)  # fmt: skip
     follower = Follower(name, release, tracking_uri=uri, alias=alias, retry_after_s=retry_after)

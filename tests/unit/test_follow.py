@@ -175,6 +175,14 @@ def test_a_receiver_without_a_secret_is_refused() -> None:
     assert r.exit_code == 2 and "secret" in r.output
 
 
+def test_follow_once_without_a_champion_exits_0(tmp_path: Path) -> None:
+    """The command end to end, up to the registry: an unset alias is nothing to do."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
+    r = CliRunner().invoke(cli, ["follow", "--once"], env=env)
+    assert r.exit_code == 0, r.output
+    assert "no_champion" in r.output
+
+
 # --- accepted -------------------------------------------------------------------------------
 
 
