@@ -71,7 +71,11 @@ def demo_checkpoint(steps: int = 100, base: int = 16, size: tuple[int, int] = (9
     from roadseg.models.spec import ModelSpec
 
     params = load_params(
-        overrides=[f"model.base_channels={base}", f"train.image_size=[{size[0]},{size[1]}]"]
+        overrides=[
+            "model.name=unet",
+            f"model.base_channels={base}",
+            f"train.image_size=[{size[0]},{size[1]}]",
+        ]
     )
     spec = ModelSpec.from_params(params, mean=(0.4,) * 3, std=(0.25,) * 3)
     torch.manual_seed(0)

@@ -87,7 +87,7 @@ def on_cpu_node(task: dsl.PipelineTask, cpu: str = "1", memory: str = "4G") -> d
 )
 def training_pipeline(
     loss_variants: list = DEFAULT_LOSSES,
-    model: str = "unet",
+    model: str = "unet_effnet_lite0",
     init_from: str = "",
     synthetic: bool = True,
     data_dir: str = "",

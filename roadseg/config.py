@@ -131,10 +131,11 @@ class AugmentParams(_Frozen):
 
 
 class ModelParams(_Frozen):
-    name: ModelName = "unet"
-    # The KITTI Road binary model (data.dataset: kitti_road), e.g. unet_effnet_lite0 for the
-    # ImageNet encoder; None: `name`, whatever the dataset.
-    kitti_name: ModelName | None = None
+    # BDD100k: the U-Net over the ImageNet-pretrained encoder (it wins on real images at equal
+    # CPU time, docs/data-science/real-streets.md); `unet` is the plain U-Net from scratch.
+    name: ModelName = "unet_effnet_lite0"
+    # The KITTI Road binary model (data.dataset: kitti_road); None: `name`, whatever the dataset.
+    kitti_name: ModelName | None = "unet"
     base_channels: int = Field(16, ge=1)
     in_channels: int = Field(3, ge=1)
 

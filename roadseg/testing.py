@@ -38,7 +38,9 @@ def random_unet(
     from roadseg.models import build_model
     from roadseg.models.spec import ModelSpec
 
-    params = load_params(overrides=[f"model.base_channels={base_channels}", *overrides])
+    # The plain U-Net's spec (the params.yaml default is the pretrained encoder's U-Net)
+    params = load_params(overrides=["model.name=unet", f"model.base_channels={base_channels}",
+                                    *overrides])  # fmt: skip
     spec = ModelSpec.from_params(params, mean=(0.4, 0.4, 0.4), std=(0.25, 0.25, 0.25), **extra)
     torch.manual_seed(seed)
     model = build_model(

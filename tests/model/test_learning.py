@@ -24,6 +24,7 @@ def test_unet_learns_synthetic_scenes(tmp_path: Path) -> None:
         None,
         [
             "data.num_workers=0",
+            "model.name=unet",  # the original projects' model (the default is the encoder's)
             "model.base_channels=16",
             "train.image_size=[64,96]",
             "train.batch_size=4",
@@ -64,6 +65,7 @@ def test_unet_overfits_four_real_images(real_sample: Path, tmp_path: Path) -> No
         None,
         [
             "data.num_workers=0",
+            "model.name=unet",  # the original projects' model (the default is the encoder's)
             "model.base_channels=16",
             "train.image_size=[72,128]",
             "train.batch_size=2",

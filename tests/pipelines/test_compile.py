@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from pipelines.training_pipeline import compile_pipeline
+from roadseg.config import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "pipelines/training_pipeline.yaml"
@@ -107,7 +108,8 @@ def test_every_task_reads_mlflow_settings_from_configmap_and_secret(ir: tuple[di
 def test_model_and_init_from_reach_every_training_variant(ir: tuple[dict, dict]) -> None:
     spec, _ = ir
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert inputs["model"]["defaultValue"] == "unet" and inputs["init_from"]["defaultValue"] == ""
+    assert inputs["model"]["defaultValue"] == load_params().model.name == "unet_effnet_lite0"
+    assert inputs["init_from"]["defaultValue"] == ""
     loop = next(t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t)
     train = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]["train"]
     given = train["inputs"]["parameters"]

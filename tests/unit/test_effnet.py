@@ -123,12 +123,14 @@ def test_training_normalises_as_the_encoder_was_trained(params, synth_dir: Path)
     from roadseg.train.setup import build_data, setup_runtime
 
     rt = setup_runtime("cpu")
-    pretrained = params.model_copy(update={"model": params.model.model_copy(
-        update={"name": "unet_effnet_lite0"})})  # fmt: skip
-    spec = build_data(pretrained, synth_dir, rt).spec
+
+    def with_model(name: str):
+        return params.model_copy(update={"model": params.model.model_copy(update={"name": name})})
+
+    spec = build_data(with_model("unet_effnet_lite0"), synth_dir, rt).spec
     assert (spec.mean, spec.std) == (IMAGENET_MEAN, IMAGENET_STD)
     assert PRETRAINED_NORMALIZATION["unet_effnet_lite0"] == (IMAGENET_MEAN, IMAGENET_STD)
-    plain = build_data(params, synth_dir, rt).spec
+    plain = build_data(with_model("unet"), synth_dir, rt).spec
     assert plain.mean != IMAGENET_MEAN and plain.model_name == "unet"
 
 

@@ -52,7 +52,10 @@ def test_init_from_a_registered_model_takes_its_weights(tmp_path: Path) -> None:
     _assert_same_weights(initial_model(spec, resumed=False, init=init), registered)
 
 
-def test_fine_tuning_keeps_the_source_models_normalisation(params, synth_dir, tmp_path) -> None:
+def test_fine_tuning_keeps_the_source_models_normalisation(synth_dir, tmp_path) -> None:
+    from roadseg.config import load_params
+
+    params = load_params(overrides=["model.name=unet", "model.base_channels=4"])  # the source's
     _, spec = save_random_checkpoint(tmp_path / "m.pt", base_channels=4, seed=0)
     init = load_init_model(str(tmp_path / "m.pt"), None)
     data = build_data(params, synth_dir, setup_runtime("cpu"), init=init)

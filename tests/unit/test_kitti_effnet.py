@@ -34,10 +34,14 @@ def kitti_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_key_picks_the_kitti_model_only() -> None:
     params = load_params(overrides=KITTI)
-    assert params.model.name == "unet"  # the BDD100k model is untouched
+    assert params.model.name == "unet_effnet_lite0"  # the BDD100k model is untouched
     assert params.model.name_for("kitti_road") == "unet_effnet_lite0"
-    assert params.model.name_for("bdd100k") == "unet"
-    assert load_params().model.name_for("kitti_road") == load_params().model.name
+    assert params.model.name_for("bdd100k") == "unet_effnet_lite0"
+    # The defaults: the ImageNet encoder for BDD100k, the plain U-Net for KITTI Road; null
+    # kitti_name follows model.name.
+    assert load_params().model.name_for("kitti_road") == "unet"
+    follow = load_params(overrides=["model.kitti_name=null", "model.name=baseline"]).model
+    assert follow.name_for("kitti_road") == follow.name_for("bdd100k") == "baseline"
 
 
 def test_kitti_model_over_the_imagenet_encoder_trains_and_records_its_normalisation(

@@ -357,7 +357,7 @@ def test_overlay_table_equals_the_float_blend_for_every_value_and_class() -> Non
 def test_spec_from_params_carries_every_field() -> None:
     from roadseg.config import load_params
 
-    p = load_params(overrides=["data.dataset=kitti_road", "model.name=baseline",
+    p = load_params(overrides=["data.dataset=kitti_road", "model.kitti_name=baseline",
                                "model.base_channels=8", "train.image_size=[40,72]"])  # fmt: skip
     spec = ModelSpec.from_params(p, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), loss="iou")
     assert (spec.model_name, spec.base_channels, spec.image_size) == ("baseline", 8, (40, 72))
