@@ -1,6 +1,7 @@
 """Models and images shared by the serving benchmarks (predict, serve, stream).
 
-`demo_checkpoint()` is the demo model of the README (U-Net base 16 at 96x160), trained briefly on
+`demo_checkpoint()` is the plain U-Net of the demo's size (base 16 at 96x160; the demo's default
+is now `unet_effnet_lite0`, the `effnet` model of these benchmarks), trained briefly on
 the 16 real BDD100k sample pairs (train + val, labels remapped to the 14 classes) so that its masks
 have street-like boundaries: the post-processing cost depends on how many low-resolution cells
 mix classes, and an untrained U-Net answers nearly one class everywhere. It is cached under
