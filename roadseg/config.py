@@ -120,6 +120,7 @@ class RemapParams(_Frozen):
 class AugmentParams(_Frozen):
     scale_range: tuple[float, float] = (0.5, 1.5)
     hflip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    class_uniform_prob: float = Field(0.0, ge=0.0, le=1.0)  # crops around a class drawn uniformly
     # Photometric, on the image only (roadseg.data.dataset.photometric): factors drawn from
     # [1 - x, 1 + x], a hue shift from [-hue, hue] of the colour circle, a Gaussian blur.
     brightness: float = Field(0.2, ge=0.0, lt=1.0)

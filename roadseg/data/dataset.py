@@ -128,12 +128,32 @@ def augment_pair(
         pad = ((top, ph - top), (left, pw - left))
         image = np.pad(image, (*pad, (0, 0)), constant_values=0)
         mask = np.pad(mask, pad, constant_values=ignore_index)
-    y = rng.integers(0, image.shape[0] - h + 1)
-    x = rng.integers(0, image.shape[1] - w + 1)
+    y, x = crop_origin(mask, (h, w), aug.class_uniform_prob, rng, ignore_index)
     image, mask = image[y : y + h, x : x + w], mask[y : y + h, x : x + w]
     if rng.random() < aug.hflip_prob:
         image, mask = image[:, ::-1], mask[:, ::-1]
     return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+def crop_origin(
+    mask: np.ndarray, size: tuple[int, int], prob: float, rng: np.random.Generator,
+    ignore_index: int,
+) -> tuple[int, int]:  # fmt: skip
+    """Top-left corner of a random `size` crop of `mask`. With probability `prob` (class-uniform
+    sampling) the crop holds a pixel of a class drawn uniformly from those in the mask, so a class
+    a few pixels wide is cropped as often as road; `prob` 0 draws exactly as a plain crop."""
+    h, w = size
+    rows, cols = mask.shape
+    if prob > 0 and (rows > h or cols > w) and rng.random() < prob:
+        classes = np.unique(mask)
+        classes = classes[classes != ignore_index]
+        if classes.size:
+            ys, xs = np.nonzero(mask == rng.choice(classes))
+            i = rng.integers(len(ys))
+            y = int(np.clip(ys[i] - rng.integers(0, h), 0, rows - h))
+            x = int(np.clip(xs[i] - rng.integers(0, w), 0, cols - w))
+            return y, x
+    return int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1))
 
 
 LUMA = np.float32([0.299, 0.587, 0.114])  # ITU-R BT.601 grey of RGB

@@ -69,6 +69,31 @@ def test_augment_pads_with_ignore_and_keeps_pairs_aligned() -> None:
     assert (m != 255).all() and set(np.unique(m)) <= {1, 2}
 
 
+def test_class_uniform_crops_find_a_class_a_few_pixels_wide() -> None:
+    """augment.class_uniform_prob 1: every crop of a frame at twice the crop size holds a pixel of
+    a class drawn from those present, so a 3x3 "sign" in a corner is in about half of them (two
+    classes); plain crops (0) find it about once in sixteen, drawing as before."""
+    from roadseg.data.dataset import crop_origin
+
+    image = np.zeros((80, 120, 3), np.uint8)
+    mask = np.zeros((80, 120), np.uint8)
+    mask[2:5, 110:113] = 6
+    mask[0, :] = 255  # ignore pixels are never a class to crop around
+
+    def share(prob: float) -> float:
+        aug = AugmentParams(scale_range=(2.0, 2.0), hflip_prob=0.0, class_uniform_prob=prob)
+        rng = np.random.default_rng(0)
+        hits = [(augment_pair(image, mask, (40, 60), aug, rng, 255)[1] == 6).any()
+                for _ in range(400)]  # fmt: skip
+        return float(np.mean(hits))
+
+    assert 0.4 < share(1.0) < 0.6 and share(0.0) < 0.15
+    rng, again = np.random.default_rng(3), np.random.default_rng(3)
+    plain = (rng.integers(0, 41), rng.integers(0, 61))
+    assert crop_origin(mask, (40, 60), 0.0, again, 255) == plain
+    assert crop_origin(mask[:40, :60], (40, 60), 1.0, again, 255) == (0, 0)  # nothing to choose
+
+
 def test_augment_is_deterministic_for_a_seed() -> None:
     image = np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)
     mask = np.random.default_rng(1).integers(0, 5, (30, 50), dtype=np.uint8)
