@@ -28,7 +28,8 @@ LOSS_NAMES: tuple[str, ...] = get_args(LossName)
 ModelName = Literal["unet", "baseline", "unet_effnet_lite0"]
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 # What runs the network in the service (roadseg.serve.backends); ROADSEG_BACKEND overrides it.
-BackendName = Literal["torch", "onnxruntime"]
+# onnxruntime_int8 runs the packaged model.int8.onnx (`roadseg package --int8 DATA_DIR`).
+BackendName = Literal["torch", "onnxruntime", "onnxruntime_int8"]
 BACKEND_NAMES: tuple[str, ...] = get_args(BackendName)
 
 
@@ -230,7 +231,8 @@ class ServeParams(_Frozen):
     # served, so many at once would reach gigabytes; beyond it new requests get 429 + Retry-After.
     max_inflight_bytes: int = Field(128 * 2**20, ge=1)
     batch_size: int = Field(8, ge=1)
-    # eager PyTorch, or the packaged model.onnx in ONNX Runtime (CPU; docs: Serving backends)
+    # eager PyTorch, or the packaged model.onnx (or model.int8.onnx) in ONNX Runtime (CPU;
+    # docs: Serving backends)
     backend: BackendName = "torch"
     shadow: ShadowParams = ShadowParams()  # docs: Shadow challenger
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
@@ -283,6 +285,10 @@ class PipelineParams(_Frozen):
 
 class PackageParams(_Frozen):
     log_archive: bool = True  # also store it in the version's MLflow run (the image build reads it)
+    # `roadseg package --int8 DATA_DIR` (roadseg/release/int8.py): model.int8.onnx ships only when
+    # it loses less than this validation mIoU; calibrated on at most this many training images.
+    int8_max_miou_drop: float = Field(0.01, gt=0.0, le=1.0)
+    int8_calibration_images: int = Field(64, ge=1)
 
 
 class DeployParams(_Frozen):

@@ -88,18 +88,36 @@ def package(
     log_archive: Annotated[
         bool, typer.Option(help="with --export: store the archive in the version's MLflow run")
     ] = False,
+    int8: Annotated[
+        Path | None,
+        typer.Option(
+            "--int8",
+            help="dataset dir: also ship model.int8.onnx, calibrated on its train split, if its "
+            "val mIoU drops less than package.int8_max_miou_drop",
+        ),
+    ] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Package one registered version into a self-contained Bento (roadseg/release/packaging.py)."""
+    """Package one registered version into a self-contained Bento (roadseg/release/packaging.py).
+
+    With --int8 DATA_DIR, the int8 variant (serve.backend: onnxruntime_int8) is quantised and
+    scored; rejected or failed, the float model still ships and the labels say why."""
     from roadseg.release.packaging import PackagingError, package_model
 
+    p = get_params(params, set_)
+    if int8 is not None and not int8.is_dir():
+        fail(f"--int8 {int8}: not a directory", 2)
     try:
         r = package_model(model_uri, tracking_uri=tracking_uri(), export_dir=export,
-                          log_archive=log_archive)  # fmt: skip
+                          log_archive=log_archive, int8_data=int8, params=p)  # fmt: skip
     except PackagingError as e:
         fail(str(e), 2)
     echo(f"{r.mlflow_name} v{r.mlflow_version} -> model {r.model_tag}, Bento {r.bento_tag}")
     if r.archive:
         echo(f"archive: {r.archive}")
+    if r.int8:
+        echo(f"int8 variant {r.int8}")
     typer.echo(r.bento_tag)
     echo(f"serve it with: bentoml serve {r.bento_tag}")
 

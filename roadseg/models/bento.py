@@ -19,6 +19,7 @@ from torch import nn
 
 from roadseg.models.io import SPEC_FILE, build_from_spec
 from roadseg.models.onnx import ONNX_FILE
+from roadseg.models.quantize import ONNX_INT8_FILE
 from roadseg.models.spec import ModelSpec
 
 BENTO_MODEL_NAME = "roadseg-unet"
@@ -105,6 +106,9 @@ def load_packaged_model(
     # The ONNX form `roadseg package` exported beside the weights (older Bentos have none).
     onnx_file = Path(stored.path_of(ONNX_FILE))
     info["onnx_path"] = str(onnx_file) if onnx_file.is_file() else None
+    # The int8 variant, when `roadseg package --int8` shipped it (its labels say why if not).
+    int8_file = Path(stored.path_of(ONNX_INT8_FILE))
+    info["onnx_int8_path"] = str(int8_file) if int8_file.is_file() else None
     profile = Path(stored.path_of(PROFILE_FILE))
     info["reference_profile"] = str(profile) if profile.is_file() else None
     card = Path(stored.path_of(CARD_MD))

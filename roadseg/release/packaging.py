@@ -2,7 +2,8 @@
 
 `package_model` resolves a `models:/` URI to exactly one registered version, imports it into the
 BentoML model store as `roadseg-unet` (weights, their ONNX export `model.onnx`,
-`model_spec.json`, the drift reference profile, lineage labels), builds the Bento from
+`model_spec.json`, the drift reference profile, lineage labels; with `int8_data`, the int8
+variant `model.int8.onnx` when it passes its gate, roadseg.release.int8), builds the Bento from
 `bentofile.yaml` referencing exactly that model, tags the MLflow version `bento_tag`, and
 optionally exports the `.bento` archive::
 
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from roadseg.config import Params, load_params
 from roadseg.models.bento import (
     BENTO_MODEL_NAME,
     CARD_DIR,
@@ -34,6 +36,7 @@ from roadseg.models.bento import (
 )
 from roadseg.models.io import SPEC_FILE
 from roadseg.models.onnx import ONNX_FILE
+from roadseg.models.quantize import ONNX_INT8_FILE
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class PackageResult:
     mlflow_version: str
     run_id: str
     archive: str | None
+    int8: str | None = None  # with int8_data: "shipped: <why>", "rejected: <why>" or "failed: ..."
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,8 +124,9 @@ def resolve_version(uri: str, *, tracking_uri: str) -> RegisteredVersion:
     )
 
 
-def find_imported(version: RegisteredVersion) -> Any | None:
-    """The `roadseg-unet` model already imported from this MLflow version, if any."""
+def find_imported(version: RegisteredVersion, *, int8: bool = False) -> Any | None:
+    """The `roadseg-unet` model already imported from this MLflow version, if any (with `int8`:
+    one whose int8 variant was tried)."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -134,18 +139,27 @@ def find_imported(version: RegisteredVersion) -> Any | None:
         same = (labels.get("mlflow_model"), labels.get("mlflow_version"),
                 labels.get("mlflow_run_id")) == (version.name, version.version, version.run_id)  # fmt: skip
         # one imported before models carried model.onnx is imported again
-        if same and ("onnx_file" in labels or "onnx_export_error" in labels):
+        onnx = "onnx_file" in labels or "onnx_export_error" in labels
+        if same and onnx and (not int8 or "int8" in labels):  # --int8: one it was tried on
             return m
     return None
 
 
-def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
+def import_version(
+    version: RegisteredVersion,
+    *,
+    tracking_uri: str,
+    int8_data: Path | None = None,
+    params: Params | None = None,
+) -> str:
     """Import the version into the BentoML model store (reused when already there); its tag.
 
     The model directory holds the float32 state dict, `model.onnx` (an export
     failure is logged and labelled `onnx_export_error`, and the torch weights are still
     packaged), `model_spec.json`, `lineage.json` and, when the registry stored them, the drift
-    reference profile and the model card (`model_card/`); nothing in it needs MLflow.
+    reference profile and the model card (`model_card/`); nothing in it needs MLflow. With
+    `int8_data` (a dataset directory; `params` reads it), also `model.int8.onnx` when it passes
+    its gate, and the `int8*`, `float_miou` labels either way (roadseg.release.int8).
     """
     import bentoml
     import mlflow
@@ -155,7 +169,7 @@ def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
     from roadseg.release.card import CARD_TAG, download_card
     from roadseg.release.registry import PROFILE_TAG, download_reference_profile
 
-    existing = find_imported(version)
+    existing = find_imported(version, int8=int8_data is not None)
     if existing is not None:
         log.info("%s v%s is already %s", version.name, version.version, existing.tag)
         return str(existing.tag)
@@ -176,11 +190,20 @@ def import_version(version: RegisteredVersion, *, tracking_uri: str) -> str:
             card = download_card(client, version.run_id, Path(tmp) / "card")
         onnx_file, onnx_labels = export_for_onnxruntime(unwrap(model), spec, Path(tmp))
         labels = labels | onnx_labels
+        int8_file = None
+        if int8_data is not None:
+            from roadseg.release.int8 import int8_variant  # torch.onnx, ORT's tools: only here
+
+            int8_file, int8_labels = int8_variant(onnx_file, spec, Path(int8_data),
+                                                  params or load_params(), Path(tmp))  # fmt: skip
+            labels = labels | int8_labels
         with bentoml.models.create(
             BENTO_MODEL_NAME, labels=labels, metadata={"roadseg_spec": spec.to_dict()}
         ) as bento_model:
             if onnx_file is not None:
                 shutil.copy(onnx_file, bento_model.path_of(ONNX_FILE))
+            if int8_file is not None:
+                shutil.copy(int8_file, bento_model.path_of(ONNX_INT8_FILE))
             state = {k: v.detach().float().cpu() for k, v in unwrap(model).state_dict().items()}
             torch.save(state, bento_model.path_of(WEIGHTS_FILE))
             Path(bento_model.path_of(SPEC_FILE)).write_text(json.dumps(spec.to_dict(), indent=2))
@@ -253,8 +276,12 @@ def package_model(
     export_dir: str | Path | None = None,
     log_archive: bool = False,
     build_ctx: str | Path = REPO,
+    int8_data: str | Path | None = None,
+    params: Params | None = None,
 ) -> PackageResult:
     """Resolve → import → build → tag the MLflow version `bento_tag` → export (optional).
+
+    With `int8_data` (a dataset directory) the int8 variant is tried (`import_version`).
 
     With `log_archive` (needs `export_dir`) the `.bento` is also stored in the version's MLflow
     run under `bento/` and tagged `bento_archive`: the in-cluster image build downloads it.
@@ -263,8 +290,15 @@ def package_model(
     from mlflow import MlflowClient
 
     version = resolve_version(model_uri, tracking_uri=tracking_uri)
-    model_tag = import_version(version, tracking_uri=tracking_uri)
+    model_tag = import_version(
+        version,
+        tracking_uri=tracking_uri,
+        params=params,
+        int8_data=Path(int8_data) if int8_data is not None else None,
+    )
     bento_tag = build_bento(model_tag, labels=version.labels(), build_ctx=build_ctx)
+    labels = bentoml.models.get(model_tag).info.labels
+    int8 = f"{labels['int8']}: {labels.get('int8_reason', '')}" if "int8" in labels else None
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.set_model_version_tag(version.name, version.version, BENTO_TAG, bento_tag)
     archive = None
@@ -279,7 +313,7 @@ def package_model(
             client.set_model_version_tag(version.name, version.version, ARCHIVE_TAG, stored)
     log.info("%s v%s packaged as Bento %s", version.name, version.version, bento_tag)
     return PackageResult(bento_tag, model_tag, version.name, version.version, version.run_id,
-                         archive)  # fmt: skip
+                         archive, int8 if int8_data is not None else None)  # fmt: skip
 
 
 def write_build_context(archive: str, out: str | Path, *, tracking_uri: str) -> Path:
