@@ -1,5 +1,6 @@
 """What runs the network in the service: eager PyTorch, or the packaged `model.onnx` in ONNX
-Runtime (`serve.backend`, or ROADSEG_BACKEND). Docs: API, Serving backends.
+Runtime, or its int8 variant `model.int8.onnx` (`onnxruntime_int8`: only from a Bento packaged
+with `roadseg package --int8`) (`serve.backend`, or ROADSEG_BACKEND). Docs: API, Serving backends.
 
 `OnnxRuntimeModel` is an `nn.Module` whose forward runs an ONNX Runtime session, so the batching
 engine, `roadseg.inference.predict` and every route use either backend through one interface:
@@ -14,6 +15,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,46 @@ from torch import nn
 
 from roadseg.config import BACKEND_NAMES
 from roadseg.models.onnx import INPUT_NAME
+from roadseg.models.quantize import ONNX_INT8_FILE
 from roadseg.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 CGROUP = Path("/sys/fs/cgroup")
+INT8 = "onnxruntime_int8"
+
+
+class Int8NotShipped(RuntimeError):
+    """`onnxruntime_int8` over a model with no `model.int8.onnx`: names the model and why."""
+
+
+def int8_missing(info: Mapping[str, Any]) -> str:
+    """Why the model of `info` (`load_packaged_model`'s or `load_model`'s) has no int8 file, in
+    one line: the packaging's recorded reason (`int8`, `int8_reason` labels) when it tried."""
+    labels = info.get("lineage") or {}
+    name = info.get("name") or info.get("uri")  # a checkpoint has no registered name
+    model = f"{name} v{info.get('mlflow_version') or info.get('version')}"
+    if "int8" in labels:
+        why = f"{labels['int8']}: {labels.get('int8_reason', 'no reason recorded')}"
+    elif info.get("source") == "bento":
+        why = "packaged without `roadseg package --int8 DATA_DIR`"
+    else:  # MLflow or a checkpoint: quantising needs calibration images, never done at start
+        why = "not a Bento: package it with `roadseg package --int8 DATA_DIR`"
+    return (f"serve.backend {INT8}: model {model} has no {ONNX_INT8_FILE}, its int8 variant was "
+            f"not shipped ({why})")  # fmt: skip
+
+
+def onnx_file_for(backend: str, info: Mapping[str, Any]) -> str | None:
+    """The packaged ONNX file `backend` runs: model.onnx (None: exported at start), or for
+    onnxruntime_int8 model.int8.onnx.
+
+    Raises:
+        Int8NotShipped: onnxruntime_int8 and no int8 file (`int8_missing` says why).
+    """
+    if backend != INT8:
+        return info.get("onnx_path")
+    if not info.get("onnx_int8_path"):
+        raise Int8NotShipped(int8_missing(info))
+    return str(info["onnx_int8_path"])
 
 
 def quota_cpus(cpu_max: str | None, cfs: tuple[str, str] | None = None) -> float | None:
@@ -120,10 +158,12 @@ def load_backend(
 ) -> nn.Module:
     """The network the engine runs: `model` itself for torch; for onnxruntime a session over
     `onnx_path` (the packaged model.onnx) or, without one (a model from MLflow or a
-    checkpoint), over `model` exported now into a temporary file.
+    checkpoint), over `model` exported now into a temporary file; for onnxruntime_int8 a
+    session over `onnx_path` (model.int8.onnx, `onnx_file_for`), the same session options.
 
     Raises:
         ValueError: for an unknown backend name.
+        Int8NotShipped: onnxruntime_int8 without `onnx_path`.
     """
     if backend not in BACKEND_NAMES:
         raise ValueError(f"unknown serve backend {backend!r}; known: {', '.join(BACKEND_NAMES)}")
@@ -131,6 +171,8 @@ def load_backend(
         return model
     if onnx_path is not None:
         return OnnxRuntimeModel(onnx_path, threads=threads)
+    if backend == INT8:
+        raise Int8NotShipped(f"serve.backend {INT8} needs {ONNX_INT8_FILE} for {spec.model_name}")
     from roadseg.models.onnx import ONNX_FILE, export_onnx
 
     log.warning("no packaged %s for %s: exporting it now", ONNX_FILE, spec.model_name)

@@ -34,7 +34,7 @@ import torch
 
 from roadseg.inference.predict import Prediction, forward, postprocess, predict, prepare
 from roadseg.models.spec import ModelSpec
-from roadseg.serve.backends import cpu_limit, load_backend
+from roadseg.serve.backends import cpu_limit, load_backend, onnx_file_for
 from roadseg.serve.modelproc import ModelProcess, ModelWorkerDied
 
 logger = logging.getLogger(__name__)
@@ -296,9 +296,10 @@ def create_engine(
     MLflow). Returns the engine and its metadata; a packaged model's adds `bento_tag`,
     `bento_model` and the MLflow `lineage` labels, so `/metadata` shows where it came from.
     `backend` is what runs the network (`roadseg.serve.backends`): torch on `device` (CUDA
-    when available), or onnxruntime on the CPU, over the packaged model.onnx; the metadata
-    names it (`backend`, `backend_version`). X-Model-Version stays the model's: both backends
-    answer the same masks. `model_process` runs the network in a child process
+    when available), or onnxruntime on the CPU, over the packaged model.onnx (or
+    onnxruntime_int8 over model.int8.onnx: `Int8NotShipped` when it was not packaged); the
+    metadata names it (`backend`, `backend_version`). X-Model-Version stays the model's: the
+    float backends answer the same masks. `model_process` runs the network in a child process
     (`roadseg.serve.modelproc`): a kill of that process mid-batch gives its requests 503 with
     Retry-After, not a reset connection (the metadata says `model_process: true`).
     """
@@ -315,18 +316,19 @@ def create_engine(
     else:
         raise ValueError("create_engine needs a model URI or a Bento directory")
     runs: dict[str, Any] = {"backend": backend}
-    if backend == "onnxruntime":
+    onnx_path = onnx_file_for(backend, info)  # int8 not shipped: raises before any child starts
+    if backend.startswith("onnxruntime"):
         # CPU only: GPU nodes keep torch unless a CUDA execution provider is measured faster.
         device = "cpu"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if model_process:
         net: torch.nn.Module = ModelProcess.start(
-            model, spec, backend=backend, onnx_path=info.get("onnx_path"), device=device
+            model, spec, backend=backend, onnx_path=onnx_path, device=device
         )
         runs["model_process"] = True
     else:
-        net = load_backend(backend, model, spec, onnx_path=info.get("onnx_path"))
-    if backend == "onnxruntime":
+        net = load_backend(backend, model, spec, onnx_path=onnx_path)
+    if backend.startswith("onnxruntime"):
         import onnxruntime
 
         runs |= {"backend_version": f"onnxruntime {onnxruntime.__version__}",

@@ -315,7 +315,9 @@ def start_shadow(
         def loader() -> tuple[Any, dict[str, Any]]:
             from roadseg.serve.engine import create_engine
 
-            return create_engine(uri, backend=backend, max_batch_size=params.serve.batch_size,
+            # The challenger comes from the registry, never with an int8 file: its float ONNX.
+            net = "onnxruntime" if backend == "onnxruntime_int8" else backend
+            return create_engine(uri, backend=net, max_batch_size=params.serve.batch_size,
                                  warm_up=True)  # fmt: skip
 
     runner = ShadowRunner(
