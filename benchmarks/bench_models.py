@@ -147,6 +147,12 @@ def effnet_checkpoint(base: int = 16, size: tuple[int, int] = (256, 448)) -> Pat
     return path
 
 
+def demo_effnet_checkpoint() -> Path:
+    """The architecture `make demo` trains by default (unet_effnet_lite0, base 16, at the demo's
+    96x160): the ImageNet encoder and a random decoder, cached."""
+    return effnet_checkpoint(size=(96, 160))
+
+
 def mixed_cell_share(model, spec, images) -> float:
     """Share of low-resolution cells whose 4 corners disagree (what the mask path interpolates)."""
     import torch
@@ -159,3 +165,13 @@ def mixed_cell_share(model, spec, images) -> float:
     right = torch.cat([a[:, :, 1:], a[:, :, -1:]], 2)
     diag = torch.cat([below[:, :, 1:], below[:, :, -1:]], 2)
     return float(((a != below) | (a != right) | (a != diag)).float().mean())
+
+
+# the benchmarks' --models names
+MODELS = {
+    "demo": demo_checkpoint,
+    "demo-random": demo_random_checkpoint,
+    "demo-effnet": demo_effnet_checkpoint,
+    "base64": reference_checkpoint,
+    "effnet": effnet_checkpoint,
+}

@@ -21,12 +21,7 @@ import time
 
 import numpy as np
 import psutil
-from bench_models import (
-    demo_checkpoint,
-    demo_random_checkpoint,
-    reference_checkpoint,
-    sample_images,
-)
+from bench_models import MODELS, sample_images
 
 from roadseg.models.io import load_model
 from roadseg.serve.engine import InferenceEngine
@@ -89,11 +84,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.rounds = 3.0, 1
-    paths = {"demo": demo_checkpoint, "demo-random": demo_random_checkpoint,
-             "base64": reference_checkpoint}  # fmt: skip
     images = sample_images()
     print(f"{len(images)} real images, {os.cpu_count()} cores, {args.rounds} x {args.seconds} s")
-    rows = [bench(name, paths[name](), images, args) for name in args.models.split(",")]
+    rows = [bench(name, MODELS[name](), images, args) for name in args.models.split(",")]
     print(
         "| model | input | batch | in the worker: img/s, CPU ms/img | model process: img/s, "
         "CPU ms/img (worker + child) | img/s ratio | CPU ratio | masks equal | load |"

@@ -39,14 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_models import (
-    demo_checkpoint,
-    demo_random_checkpoint,
-    effnet_checkpoint,
-    mixed_cell_share,
-    reference_checkpoint,
-    sample_images,
-)
+from bench_models import MODELS, mixed_cell_share, sample_images
 
 from roadseg.inference.predict import Prediction, predict, preprocess
 from roadseg.models.io import load_model
@@ -228,7 +221,7 @@ def main() -> None:
     ap.add_argument("--check-images", type=int, default=16, help="images compared with old")
     ap.add_argument("--quick", action="store_true", help="3 s x 1 round, 4 images compared")
     ap.add_argument("--models", default="demo,base64",
-                    help="comma-separated: demo, demo-random, base64, effnet")  # fmt: skip
+                    help="comma-separated: demo, demo-random, demo-effnet, base64, effnet")  # fmt: skip
     ap.add_argument("--backend", default="torch",
                     help="torch (predict vs the old post-processing) or backends to compare, "
                     "e.g. torch,onnxruntime (the first is the reference)")  # fmt: skip
@@ -244,14 +237,12 @@ def main() -> None:
         f"{len(images)} real images {images[0].shape[1]}x{images[0].shape[0]}, torch threads "
         f"{torch.get_num_threads()}, {args.rounds} x {args.seconds:.0f} s per measurement"
     )
-    paths = {"demo": demo_checkpoint, "demo-random": demo_random_checkpoint,
-             "base64": reference_checkpoint, "effnet": effnet_checkpoint}  # fmt: skip
     args.backends = args.backend.split(",")
     compare = args.backends != ["torch"]
     rows = []
     for name in args.models.split(","):
         bench = bench_backends if compare else bench_model
-        rows.append(bench(name, paths[name](), images, args))
+        rows.append(bench(name, MODELS[name](), images, args))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "rounds"}))
     if compare:
         print_backend_table(rows, args.backends, matmul_gflops())

@@ -16,12 +16,21 @@ The clients run in this process (threads) on the same machine: their CPU is part
 the report adds the cold start (process start to `/readyz` 200) and p99 latency::
 
     .venv/bin/python benchmarks/serve_throughput.py --quick --backend onnxruntime
+
+`--backend torch,onnxruntime` compares the backends served side by side instead: both services
+start (one after the other, each cold start timed while the other is idle), then the rounds of
+each client count alternate between them, so load from other jobs hits both alike; each
+service's RSS (all its processes) is sampled every second and its peak reported::
+
+    .venv/bin/python benchmarks/serve_throughput.py --backend torch,onnxruntime --clients 16 \
+        --rounds 3 --duration 10 --models demo-effnet,effnet,base64
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -31,7 +40,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from bench_models import demo_checkpoint, sample_images, sample_paths
+from bench_models import MODELS, demo_checkpoint, sample_images, sample_paths
+
+from roadseg.testing import running_service
 
 
 def bare_rate(engine, images: list[np.ndarray], batch: int, seconds: float) -> float:
@@ -51,7 +62,8 @@ def drive(url: str, payloads: list[bytes], clients: int, seconds: float, headers
     stop = time.perf_counter() + seconds
 
     def worker(k: int) -> None:
-        with httpx.Client(base_url=url, timeout=120, headers=headers) as c:
+        # long: a batch of the 31 M reference takes a minute on 2 cores
+        with httpx.Client(base_url=url, timeout=900, headers=headers) as c:
             i = k
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
@@ -102,15 +114,21 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def service_pid(url: str) -> int:
+    """The pid of `bentoml serve` at `url`: circusd (same pid), which holds the listening
+    socket; its worker processes (and their model processes) are its descendants."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1])
+    pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port}
+    return next(p for p in pids if psutil.Process(p).ppid() not in pids)
+
+
 def soak(url: str, payloads: list[bytes], clients: int, seconds: float, headers: dict) -> dict:
     """A long run at `clients`, sampling the service's RSS (all its processes) every 5 s."""
     import psutil
 
-    # `bentoml serve` becomes circusd (same pid), which holds the listening socket; its worker
-    # processes are its children
-    port = int(url.rsplit(":", 1)[1])
-    pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port}
-    server = next(psutil.Process(p) for p in pids if psutil.Process(p).ppid() not in pids)
+    server = psutil.Process(service_pid(url))
     samples: list[int] = []
     stop = threading.Event()
 
@@ -179,7 +197,6 @@ def level(url, engine, images, payloads, clients: int, batch: int, args) -> dict
 def run(args: argparse.Namespace) -> dict:
     from roadseg.config import load_params
     from roadseg.serve.engine import create_engine
-    from roadseg.testing import running_service
 
     batch = load_params(os.environ.get("ROADSEG_PARAMS") or None).serve.batch_size
     payloads = [p.read_bytes() for p in sample_paths()]
@@ -212,6 +229,88 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def with_peak_rss(pid: int, fn):
+    """fn()'s result and the peak RSS (MiB) of the process tree `pid`, sampled every second."""
+    peak, stop = [tree_rss(pid)], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            peak.append(tree_rss(pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return fn(), max(peak) / 2**20
+    finally:
+        stop.set()
+        sampler.join()
+
+
+def compare_model(name: str, backends: list[str], payloads: list[bytes], args) -> list[dict]:
+    """Both backends serving one model: cold starts, then interleaved rounds per client count;
+    the median round (by served img/s) of each backend."""
+    uri, tmp = str(MODELS[name]()), Path(tempfile.mkdtemp(prefix="roadseg-serve-bench-"))
+    rows = []
+    with contextlib.ExitStack() as stack:
+        urls, cold = {}, {}
+        for b in backends:
+            env = {"ROADSEG_MODEL_URI": uri, "ROADSEG_MONITOR_DIR": str(tmp / f"monitoring-{b}"),
+                   "BENTOML_HOME": str(tmp / "bentoml"), "ROADSEG_API_KEY": None,
+                   "ROADSEG_BACKEND": b}  # fmt: skip
+            started = time.perf_counter()
+            urls[b] = stack.enter_context(
+                running_service(env, log_path=tmp / f"serve-{b}.log", timeout=900)
+            )
+            cold[b] = time.perf_counter() - started
+            print(f"{name}, {b}: ready {cold[b]:.1f} s after the process started")
+            drive(urls[b], payloads, 1, 0.01, {})  # one request: the HTTP path warm
+        for n in (int(c) for c in args.clients.split(",")):
+            rounds: dict[str, list[dict]] = {b: [] for b in backends}
+            for _ in range(args.rounds):
+                for b in backends:
+                    run = functools.partial(drive, urls[b], payloads, n, args.duration, {})
+                    row, peak = with_peak_rss(service_pid(urls[b]), run)
+                    rounds[b].append(row | {"rss_peak_mib": peak, "load_avg": os.getloadavg()})
+                    print(json.dumps({"model": name, "backend": b} | rounds[b][-1]))
+            for b in backends:
+                ordered = sorted(rounds[b], key=lambda r: r["served_img_s"])
+                rows.append(ordered[len(ordered) // 2] | {
+                    "model": name, "backend": b, "cold_start_s": cold[b],
+                    "rounds_img_s": [round(r["served_img_s"], 3) for r in rounds[b]],
+                    "errors_all_rounds": sum(r["errors"] for r in rounds[b]),
+                    "rss_peak_mib": max(r["rss_peak_mib"] for r in rounds[b])})  # fmt: skip
+    return rows
+
+
+def print_compare(rows: list[dict], base: str) -> None:
+    print(
+        "\n| model | backend | clients | served img/s | vs " + base + " | p50 ms | p99 ms | "
+        "peak RSS MiB | cold start s | errors | rounds' img/s | load avg |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    ref = {(r["model"], r["clients"]): r["served_img_s"] for r in rows if r["backend"] == base}
+    for r in rows:
+        ratio = r["served_img_s"] / ref[(r["model"], r["clients"])]
+        print(
+            f"| {r['model']} | {r['backend']} | {r['clients']} | {r['served_img_s']:.2f} | "
+            f"{ratio:.2f}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['rss_peak_mib']:.0f} | "
+            f"{r['cold_start_s']:.1f} | {r['errors_all_rounds']} | "
+            f"{', '.join(f'{x:.2f}' for x in r['rounds_img_s'])} | "
+            f"{' '.join(f'{x:.2f}' for x in r['load_avg'])} |"
+        )
+
+
+def compare(args: argparse.Namespace) -> list[dict]:
+    backends, payloads = args.backend.split(","), [p.read_bytes() for p in sample_paths()]
+    print(f"{len(payloads)} real JPEGs, {os.cpu_count()} cores, {args.rounds} x "
+          f"{args.duration:.0f} s per backend and client count, rounds interleaved")  # fmt: skip
+    rows = [
+        r for name in args.models.split(",") for r in compare_model(name, backends, payloads, args)
+    ]
+    print_compare(rows, backends[0])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-uri", default=None, help="default: the trained demo checkpoint")
@@ -223,11 +322,21 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=0, help="torch threads here and in the service (0: default)"
     )
-    ap.add_argument("--backend", default="torch", help="serve.backend: torch or onnxruntime")
+    ap.add_argument("--backend", default="torch",
+                    help="serve.backend: torch or onnxruntime; several (torch,onnxruntime) "
+                    "compare them served side by side, the first the reference")  # fmt: skip
+    ap.add_argument("--models", default="demo-effnet",
+                    help="with several backends: comma-separated bench_models.MODELS names")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.quick:
         args.clients, args.rounds, args.soak = "16", 1, 20.0
+    if "," in args.backend:
+        rows = compare(args)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(rows, indent=2))
+        return
     report = run(args)
     print_table(report["levels"], report.get("soak"))
     if args.out:
