@@ -109,7 +109,8 @@ def int8_gate(
     undefined score (None or NaN: nothing to compare) never ships."""
     if float_miou is None or int8_miou is None or math.isnan(float_miou) or math.isnan(int8_miou):
         return GateDecision(False, f"mIoU undefined (float {float_miou}, int8 {int8_miou})")
-    drop = float_miou - int8_miou
+    # Rounded: 0.30 - 0.25 is 0.04999999999999999 in floats; a decision must match its reason.
+    drop = round(float_miou - int8_miou, 9)
     verdict = "<" if drop < max_drop else ">="
     reason = (
         f"mIoU drop {drop:.4f} {verdict} {max_drop:g} "
