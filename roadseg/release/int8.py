@@ -75,7 +75,8 @@ def int8_variant(
     name = spec.model_name
 
     def not_shipped(status: str, reason: str, labels: dict[str, str]) -> tuple[None, dict]:
-        log.warning("int8 variant of %s not shipped (%s): %s", name, status, reason)
+        level = logging.ERROR if status == "failed" else logging.WARNING  # rejected: by design
+        log.log(level, "int8 variant of %s not shipped (%s): %s", name, status, reason)
         return None, labels | {"int8": status, "int8_reason": reason[:300]}
 
     if onnx_file is None:
