@@ -255,7 +255,8 @@ class InferenceEngine:
 
 def model_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, Any]:
     """Name, version, run id and params hash of a loaded model (for `/metadata`)."""
-    digest = spec.extra.get("params_digest")
+    # a Bento carries it in its lineage labels, as MLflow's version tag `params_hash`
+    digest = spec.extra.get("params_digest") or (info.get("lineage") or {}).get("params_hash")
     run_id = info.get("run_id")
     if digest is None and run_id and info.get("source") == "mlflow":
         try:

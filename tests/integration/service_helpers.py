@@ -70,7 +70,8 @@ def reference(service):
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
     try:
-        model, spec, _ = load_model(f"models:/roadseg-unet/{version}")
+        # a Bento serves "<mlflow version>+<bento tag>": the registered version before the +
+        model, spec, _ = load_model(f"models:/roadseg-unet/{version.split('+')[0]}")
     finally:
         mlflow.set_tracking_uri(previous)
     return (lambda pixels: predict(model, [pixels], spec)[0]), spec

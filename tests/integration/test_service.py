@@ -9,7 +9,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -27,14 +31,29 @@ from service_helpers import (  # noqa: F401 (fixtures)
     zipped,
 )
 
-from roadseg.testing import params_with, register_random_model, running_service
+from roadseg.testing import free_port, params_with, register_random_model, running_service
 
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("serve")
+def _package(env: dict[str, str], cwd: Path) -> str:
+    """`roadseg package` of the registry's champion (weights + model.onnx); the Bento's tag."""
+    out = subprocess.run(
+        [sys.executable, "-m", "roadseg.cli", "package", "--model-uri",
+         "models:/roadseg-unet@champion"],
+        env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+# torch: the registered version served from MLflow. onnxruntime: that version packaged as a Bento
+# (weights and model.onnx) and served from it by ONNX Runtime with MLflow unreachable, so every
+# route and every original client below runs against the packaged ONNX model too.
+@pytest.fixture(scope="module", params=["torch", "onnxruntime-bento"])
+def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp(f"serve-{request.param}")
     tracking = f"sqlite:///{tmp / 'mlflow.db'}"
     version = register_random_model(tracking)
     params = params_with(
@@ -57,11 +76,23 @@ def service(tmp_path_factory: pytest.TempPathFactory):
         "BENTOML_HOME": str(tmp / "bentoml"),
         "TMPDIR": str(tmp / "tmp"),  # the service's temp files, apart from other processes'
     }
+    target, served_version, cwd = "bento.service:RoadSegService", version, REPO
+    if request.param == "onnxruntime-bento":
+        target = _package(
+            {"MLFLOW_TRACKING_URI": tracking, "BENTOML_HOME": env["BENTOML_HOME"]}, tmp
+        )
+        served_version, cwd = f"{version}+{target}", tmp  # not the repository: self-contained
+        env |= {"ROADSEG_MODEL_URI": None, "ROADSEG_BACKEND": "onnxruntime",
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}  # nothing listens  # fmt: skip
     with (
-        running_service(env, log_path=tmp / "serve.log") as url,
+        running_service(env, target=target, cwd=cwd, log_path=tmp / "serve.log") as url,
         httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=120) as client,
     ):
-        yield client, version, tmp
+        if request.param == "onnxruntime-bento":
+            meta = client.get("/metadata").json()
+            assert meta["backend"] == "onnxruntime" and meta["bento_tag"] == target, meta
+            assert "exporting it now" not in (tmp / "serve.log").read_text()  # the packaged file
+        yield client, served_version, tmp
 
 
 def test_health_metadata_classes_docs(service) -> None:
