@@ -115,12 +115,19 @@ def resolve_version(uri: str, *, tracking_uri: str) -> RegisteredVersion:
         raise PackagingError(str(e)) from e
     except MlflowException as e:
         raise PackagingError(f"{uri}: not in the registry at {tracking_uri} ({e.message})") from e
+    tags = dict(mv.tags)
+    if "params_hash" not in tags:  # registered outside the pipeline: the run's own digest
+        try:
+            digest = client.get_run(mv.run_id).data.params.get("params_digest")
+        except MlflowException:
+            digest = None
+        tags |= {"params_hash": digest} if digest else {}
     return RegisteredVersion(
         name=mv.name,
         version=str(mv.version),
         run_id=mv.run_id,
         model_id=getattr(mv, "model_id", None),
-        tags=dict(mv.tags),
+        tags=tags,
     )
 
 
