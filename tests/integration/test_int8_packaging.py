@@ -14,7 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.integration.test_packaging import serving_bento
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +74,31 @@ def test_package_int8_ships_it_with_its_labels(synth_dir: Path, tmp_path: Path) 
     assert 0.0 <= float(labels["float_miou"]) <= 1.0 and 0.0 <= float(labels["int8_miou"]) <= 1.0
     assert labels["int8_calibration"] == "minmax, 12 training images"
     assert labels["int8_reason"].startswith("mIoU drop ")
+
+    # Served from the Bento: /metadata names the int8 backend, and it answers.
+    log = tmp_path / "serve-int8.log"
+    with serving_bento(tag, tmp_path / "bentoml", tmp_path, log, "onnxruntime_int8") as url:
+        meta = httpx.get(f"{url}/metadata", timeout=30).json()
+        image = sorted((synth_dir / "images/10k/val").glob("*.jpg"))[0].read_bytes()
+        r = httpx.post(f"{url}/segment?format=mask", content=image,
+                       headers={"Content-Type": "image/jpeg"}, timeout=120)  # fmt: skip
+    assert meta["backend"] == "onnxruntime_int8" and meta["lineage"]["int8"] == "shipped"
+    assert r.status_code == 200 and "exporting it now" not in log.read_text()
+
+
+def test_a_bento_without_int8_does_not_start_on_the_int8_backend(tmp_path: Path) -> None:
+    from roadseg.testing import register_random_model
+
+    register_random_model(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    tag = _run([sys.executable, "-m", "roadseg.cli", "package"], tmp_path).stdout.split()[-1]
+    log = tmp_path / "serve.log"
+    with pytest.raises(RuntimeError, match="exited with 1"):  # noqa: SIM117
+        with serving_bento(tag, tmp_path / "bentoml", tmp_path, log, "onnxruntime_int8"):
+            pass
+    assert (
+        "serve.backend onnxruntime_int8: model roadseg-unet v1 has no model.int8.onnx, its int8 "
+        "variant was not shipped (packaged without `roadseg package --int8 DATA_DIR`)"
+    ) in log.read_text()
 
 
 def test_rejected_int8_ships_the_float_model_and_says_why(synth_dir: Path, tmp_path: Path):
