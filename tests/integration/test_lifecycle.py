@@ -95,7 +95,7 @@ def test_an_unknown_backend_exits_1_with_one_line(tmp_path: Path) -> None:
     finally:
         _cleanup(proc)
     assert _last_line(log) == (
-        f"roadseg: cannot serve {ckpt}: ROADSEG_BACKEND='tensorrt' is not one of torch, onnxruntime"
+        f"roadseg: cannot serve {ckpt}: ROADSEG_BACKEND='tensorrt' is not one of torch, onnxruntime, onnxruntime_int8"
     )
 
 
