@@ -42,7 +42,7 @@ import httpx
 import numpy as np
 from bench_models import MODELS, demo_checkpoint, sample_images, sample_paths
 
-from roadseg.testing import running_service
+from roadseg.testing import REPO, running_service
 
 
 def bare_rate(engine, images: list[np.ndarray], batch: int, seconds: float) -> float:
@@ -249,17 +249,23 @@ def with_peak_rss(pid: int, fn):
 def compare_model(name: str, backends: list[str], payloads: list[bytes], args) -> list[dict]:
     """Both backends serving one model: cold starts, then interleaved rounds per client count;
     the median round (by served img/s) of each backend."""
-    uri, tmp = str(MODELS[name]()), Path(tempfile.mkdtemp(prefix="roadseg-serve-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="roadseg-serve-bench-"))
+    if name.startswith("bento:"):  # a packaged Bento (its tag) in $BENTOML_HOME: what ships
+        target, home, cwd = name.removeprefix("bento:"), os.environ.get("BENTOML_HOME"), tmp
+        env0 = {"ROADSEG_MODEL_URI": None, "BENTOML_HOME": home, "MLFLOW_TRACKING_URI": None}
+    else:
+        target, cwd = "bento.service:RoadSegService", REPO
+        env0 = {"ROADSEG_MODEL_URI": str(MODELS[name]()), "BENTOML_HOME": str(tmp / "bentoml")}
     rows = []
     with contextlib.ExitStack() as stack:
         urls, cold = {}, {}
         for b in backends:
-            env = {"ROADSEG_MODEL_URI": uri, "ROADSEG_MONITOR_DIR": str(tmp / f"monitoring-{b}"),
-                   "BENTOML_HOME": str(tmp / "bentoml"), "ROADSEG_API_KEY": None,
-                   "ROADSEG_BACKEND": b}  # fmt: skip
+            env = env0 | {"ROADSEG_MONITOR_DIR": str(tmp / f"monitoring-{b}"),
+                          "ROADSEG_API_KEY": None, "ROADSEG_BACKEND": b}  # fmt: skip
             started = time.perf_counter()
+            log = tmp / f"serve-{b}.log"
             urls[b] = stack.enter_context(
-                running_service(env, log_path=tmp / f"serve-{b}.log", timeout=900)
+                running_service(env, target=target, cwd=cwd, log_path=log, timeout=900)
             )
             cold[b] = time.perf_counter() - started
             print(f"{name}, {b}: ready {cold[b]:.1f} s after the process started")
