@@ -98,6 +98,18 @@ def register_random_model(
     return version
 
 
+def package_champion(tracking_uri: str, bentoml_home: Path, cwd: Path) -> str:
+    """`roadseg package` of `roadseg-unet@champion` (weights + model.onnx) into `bentoml_home`,
+    run from `cwd` (where the store's relative artifact paths resolve); the Bento's tag."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "BENTOML_HOME": str(bentoml_home)}
+    cmd = [sys.executable, "-m", "roadseg.cli", "package", "--model-uri",
+           "models:/roadseg-unet@champion"]  # fmt: skip
+    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"roadseg package failed:\n{out.stderr[-3000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
 @contextlib.contextmanager
 def running_service(
     env: dict[str, str | None],

@@ -9,9 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -31,21 +29,16 @@ from service_helpers import (  # noqa: F401 (fixtures)
     zipped,
 )
 
-from roadseg.testing import free_port, params_with, register_random_model, running_service
+from roadseg.testing import (
+    free_port,
+    package_champion,
+    params_with,
+    register_random_model,
+    running_service,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def _package(env: dict[str, str], cwd: Path) -> str:
-    """`roadseg package` of the registry's champion (weights + model.onnx); the Bento's tag."""
-    out = subprocess.run(
-        [sys.executable, "-m", "roadseg.cli", "package", "--model-uri",
-         "models:/roadseg-unet@champion"],
-        env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
 
 
 # torch: the registered version served from MLflow. onnxruntime: that version packaged as a Bento
@@ -78,9 +71,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     }
     target, served_version, cwd = "bento.service:RoadSegService", version, REPO
     if request.param == "onnxruntime-bento":
-        target = _package(
-            {"MLFLOW_TRACKING_URI": tracking, "BENTOML_HOME": env["BENTOML_HOME"]}, tmp
-        )
+        target = package_champion(tracking, tmp / "bentoml", tmp)
         served_version, cwd = f"{version}+{target}", tmp  # not the repository: self-contained
         env |= {"ROADSEG_MODEL_URI": None, "ROADSEG_BACKEND": "onnxruntime",
                 "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}  # nothing listens  # fmt: skip
@@ -334,7 +325,6 @@ def test_streamlit_client_image_zip_and_video(service, keyed_requests, reference
 
 def test_readme_json_curl_and_multipart_json(service, tmp_path, reference) -> None:  # noqa: F811
     import shutil
-    import subprocess
 
     from roadseg.inference.render import colorize
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadseg.testing import free_port
+from roadseg.testing import free_port, package_champion
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -240,23 +240,6 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 24
     pytest.fail(f"service not ready after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def _package_for_onnx(store: Path) -> str:
-    """`roadseg package` of the store's champion (weights + model.onnx); the Bento's tag."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlruns.db'}",
-           "BENTOML_HOME": str(store / "bentoml")}  # fmt: skip
-    cmd = [
-        sys.executable,
-        "-m",
-        "roadseg.cli",
-        "package",
-        "--model-uri",
-        "models:/roadseg-unet@champion",
-    ]
-    out = subprocess.run(cmd, cwd=store, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
-
-
 # "onnx-bento": the champion packaged as a Bento and served from it by ONNX Runtime, with MLflow
 # unreachable (issue: a Bento with the ONNX model passes the web UI's tests).
 @pytest.fixture(
@@ -280,7 +263,7 @@ def live_service(
     }
     target, version, cwd = "bento.service:RoadSegService", "1", REPO
     if request.param == "onnx-bento":
-        target = _package_for_onnx(store)
+        target = package_champion(f"sqlite:///{store / 'mlruns.db'}", store / "bentoml", store)
         version, cwd = f"1+{target}", store  # not the repository: the Bento is self-contained
         env |= {
             "ROADSEG_BACKEND": "onnxruntime",
