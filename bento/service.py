@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 from roadseg.serve.api import Format, SegmentRoutes, ServingState
 from roadseg.serve.app import build_app
 from roadseg.serve.httpguard import GuardMiddleware
-from roadseg.serve.lifecycle import die_with_parent, model_source
+from roadseg.serve.lifecycle import die_with_parent, model_source, threads_setting
 from roadseg.serve.openapi import DocumentRoutes
 from roadseg.serve.protocols import install_protocol_hooks
 
@@ -114,6 +114,7 @@ class RoadSegService:
             observer=_observer(),
             warm_up=True,
             model_process=params.serve.model_process,
+            threads=threads_setting(params.serve.intra_op_threads),
         )
         self.state.engine, self.state.metadata = engine, metadata
         from roadseg.serve.shadow import start_shadow

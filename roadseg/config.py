@@ -234,6 +234,10 @@ class ServeParams(_Frozen):
     # eager PyTorch, or the packaged model.onnx (or model.int8.onnx) in ONNX Runtime (CPU;
     # docs: Serving backends)
     backend: BackendName = "torch"
+    # Threads of one inference, torch's or ONNX Runtime's (ROADSEG_INTRA_OP_THREADS overrides);
+    # None: the pod's CPU limit (roadseg.serve.backends.cpu_limit). Fewer leave cores to the
+    # request threads that decode, resize, upsample and encode beside it (docs: Serving backends).
+    intra_op_threads: int | None = Field(None, ge=1)
     shadow: ShadowParams = ShadowParams()  # docs: Shadow challenger
     overlay_alpha: float = Field(0.5, ge=0.0, le=1.0)
     # SIGTERM: new connections refused, requests in flight finish within this, then the worker

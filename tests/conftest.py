@@ -28,6 +28,17 @@ def real_sample() -> Path:
     return SAMPLE
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _torch_threads_restored():
+    """An in-process service sets this process's torch threads as a worker's (one beside a model
+    process, `serve.intra_op_threads` in it): the next module gets the count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def one_thread():
     """torch on one thread for the test (small models: less spread from another job's load)."""

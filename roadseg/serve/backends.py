@@ -168,6 +168,8 @@ def load_backend(
     if backend not in BACKEND_NAMES:
         raise ValueError(f"unknown serve backend {backend!r}; known: {', '.join(BACKEND_NAMES)}")
     if backend == "torch":
+        # torch's pool is per process: in-process this also bounds the post-processing's ops
+        torch.set_num_threads(threads or cpu_limit())
         return model
     if onnx_path is not None:
         return OnnxRuntimeModel(onnx_path, threads=threads)

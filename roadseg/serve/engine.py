@@ -291,6 +291,7 @@ def create_engine(
     observer: Observer | None = None,
     warm_up: bool = True,
     model_process: bool = False,
+    threads: int | None = None,
 ) -> tuple[InferenceEngine, dict[str, Any]]:
     """Load a model, wrap it, warm it up: from `model_uri` (any URI `roadseg.models.io.load_model`
     takes), or else the model packaged in the Bento at `bento_dir` (`roadseg.models.bento`, no
@@ -302,7 +303,9 @@ def create_engine(
     metadata names it (`backend`, `backend_version`). X-Model-Version stays the model's: the
     float backends answer the same masks. `model_process` runs the network in a child process
     (`roadseg.serve.modelproc`): a kill of that process mid-batch gives its requests 503 with
-    Retry-After, not a reset connection (the metadata says `model_process: true`).
+    Retry-After, not a reset connection (the metadata says `model_process: true`). `threads`
+    is one inference's thread count on either backend (`serve.intra_op_threads`; None: the
+    pod's CPU limit), in the metadata as `intra_op_threads`.
     """
     if model_uri is not None:
         from roadseg.models.io import load_model
@@ -324,18 +327,22 @@ def create_engine(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if model_process:
         net: torch.nn.Module = ModelProcess.start(
-            model, spec, backend=backend, onnx_path=onnx_path, device=device
+            model, spec, backend=backend, onnx_path=onnx_path, device=device, threads=threads
         )
         runs["model_process"] = True
+        # This process's torch ops are now the requests' own (resize, upsample, argmax), many
+        # threads at once: one intra-op thread each, or every op wakes a pool per thread and
+        # the pools oversubscribe the cores (3x the CPU per request, served, on 2 cores).
+        torch.set_num_threads(1)
     else:
-        net = load_backend(backend, model, spec, onnx_path=onnx_path)
+        net = load_backend(backend, model, spec, onnx_path=onnx_path, threads=threads)
     if backend.startswith("onnxruntime"):
         import onnxruntime
 
-        runs |= {"backend_version": f"onnxruntime {onnxruntime.__version__}",
-                 "intra_op_threads": getattr(net, "threads", None) or cpu_limit()}  # fmt: skip
+        runs["backend_version"] = f"onnxruntime {onnxruntime.__version__}"
     else:
         runs["backend_version"] = f"torch {torch.__version__}"
+    runs["intra_op_threads"] = threads or cpu_limit()
     engine = InferenceEngine(
         net,
         spec,

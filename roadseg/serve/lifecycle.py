@@ -68,6 +68,21 @@ def write_termination_message(message: str, path: str | None = None) -> bool:
     return True
 
 
+def threads_setting(configured: int | None) -> int | None:
+    """One inference's threads: ROADSEG_INTRA_OP_THREADS, else `serve.intra_op_threads`
+    (None: the pod's CPU limit).
+
+    Raises:
+        ValueError: the variable is not a whole number of at least 1.
+    """
+    raw = os.environ.get("ROADSEG_INTRA_OP_THREADS")
+    if not raw:
+        return configured
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"ROADSEG_INTRA_OP_THREADS={raw!r} is not a whole number of at least 1")
+    return int(raw)
+
+
 def check_model(service_file: str | Path) -> dict[str, str]:
     """Load the model the service would serve, once, and let it go; raises `StartFailure` with the
     one-line reason (not found, unreachable registry, corrupt weights, wrong model kind)."""
@@ -81,6 +96,10 @@ def check_model(service_file: str | Path) -> dict[str, str]:
             f"ROADSEG_BACKEND={backend!r} is not one of {', '.join(BACKEND_NAMES)}"
         )
         raise start_failure(source, problem)
+    try:
+        threads_setting(None)
+    except ValueError as e:
+        raise start_failure(source, e) from None
     try:
         if uri is not None:
             from roadseg.models.io import load_model
