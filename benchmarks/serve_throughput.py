@@ -260,8 +260,10 @@ def compare_model(name: str, backends: list[str], payloads: list[bytes], args) -
     with contextlib.ExitStack() as stack:
         urls, cold = {}, {}
         for b in backends:
+            backend, _, threads = b.partition(":")  # onnxruntime:1 -> one inference thread
             env = env0 | {"ROADSEG_MONITOR_DIR": str(tmp / f"monitoring-{b}"),
-                          "ROADSEG_API_KEY": None, "ROADSEG_BACKEND": b}  # fmt: skip
+                          "ROADSEG_API_KEY": None, "ROADSEG_BACKEND": backend,
+                          "ROADSEG_INTRA_OP_THREADS": threads or None}  # fmt: skip
             started = time.perf_counter()
             log = tmp / f"serve-{b}.log"
             urls[b] = stack.enter_context(
@@ -330,7 +332,8 @@ def main() -> None:
     )
     ap.add_argument("--backend", default="torch",
                     help="serve.backend: torch or onnxruntime; several (torch,onnxruntime) "
-                    "compare them served side by side, the first the reference")  # fmt: skip
+                    "compare them served side by side, the first the reference; name:N "
+                    "serves with N inference threads (serve.intra_op_threads)")  # fmt: skip
     ap.add_argument("--models", default="demo-effnet",
                     help="with several backends: comma-separated bench_models.MODELS names")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
