@@ -12,7 +12,8 @@ there is one, warms it up, and only then reports ready on /readyz::
 Other environment: ROADSEG_API_KEY (require `X-API-Key` or `Authorization: Bearer`),
 ROADSEG_MONITOR_DIR (monitoring log; default params drift.log_dir), ROADSEG_PARAMS (params file
 for limits and batching), ROADSEG_BACKEND (torch, onnxruntime or onnxruntime_int8; default
-params serve.backend).
+params serve.backend), ROADSEG_INTRA_OP_THREADS (threads of one inference; default params
+serve.intra_op_threads, else the pod's CPU limit).
 ROADSEG_SHADOW_SHARE, ROADSEG_SHADOW_MODEL_URI: the shadow challenger (params serve.shadow,
 roadseg/serve/shadow.py).
 How it starts, fails and stops: `roadseg/serve/lifecycle.py`.
