@@ -41,6 +41,7 @@ from roadseg.train.setup import (
     build_data,
     build_loss_for,
     build_optimizer,
+    freeze_encoder_gradients,
     freeze_encoder_statistics,
     initial_model,
     load_init_model,
@@ -216,6 +217,7 @@ def train_one_epoch(
                           shuffle=True, seed=tp.seed, epoch=epoch, sampler=data.train_sampler)  # fmt: skip
     net.train()
     freeze_encoder_statistics(unwrap(net), tp)
+    freeze_encoder_gradients(unwrap(net), tp, epoch, ddp=rt.ddp)
     t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=rt.device)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tp.epochs}", disable=not (progress and rt.master))
     for images, masks in bar:

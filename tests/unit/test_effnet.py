@@ -197,3 +197,41 @@ def test_pretrained_encoder_features_of_a_real_image_are_not_a_random_encoders(
         torch.testing.assert_close(a, ref, msg=f"level {level}: not the checkpoint's encoder")
         assert (a - b).norm() > 0.5 * a.norm(), f"level {level}: close to a random encoder's"
         assert a.std() > 0.01, f"level {level}: flat features"
+
+
+def test_a_frozen_encoder_gets_no_gradients_and_keeps_its_weights(params) -> None:
+    """While `freeze_encoder_epochs` last, the backward pass stops at the decoder (no encoder
+    gradient is computed: the step costs about half), the encoder's weights stay as loaded and
+    the decoder's learn; from the first thawed epoch the encoder gets its gradients back. Under
+    DDP the flags are left alone (its reducer expects every gradient; the zero rate holds)."""
+    from roadseg.train.setup import build_optimizer, freeze_encoder_gradients
+
+    tp = params.train.model_copy(update={"lr": 0.01, "warmup_epochs": 0,
+                                         "freeze_encoder_epochs": 1, "epochs": 2})  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model("unet_effnet_lite0", in_channels=3, num_classes=3, base_channels=4)
+    optimizer, scheduler = build_optimizer(model, tp, steps_per_epoch=1)
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    enc0 = {k: v.detach().clone() for k, v in model.encoder.named_parameters()}
+    head0 = model.head.weight.clone()
+    for epoch in range(2):
+        assert freeze_encoder_gradients(model, tp, epoch, ddp=False) is (epoch == 0)
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads = [p.grad for p in model.encoder.parameters()]
+        if epoch == 0:
+            assert all(g is None for g in grads)
+        else:
+            assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        optimizer.step()
+        scheduler.step()
+        if epoch == 0:
+            for k, v in model.encoder.named_parameters():
+                torch.testing.assert_close(v, enc0[k], rtol=0, atol=0, msg=k)
+            assert not torch.equal(model.head.weight, head0)
+    assert not torch.equal(model.encoder._conv_stem.weight, enc0["_conv_stem.weight"])
+    model.encoder.requires_grad_(True)
+    assert freeze_encoder_gradients(model, tp, 0, ddp=True) is True
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    plain = build_model("unet", in_channels=3, num_classes=3, base_channels=4)
+    assert freeze_encoder_gradients(plain, tp, 0, ddp=False) is False
