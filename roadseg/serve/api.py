@@ -89,6 +89,11 @@ class ServingState:
         return self.engine.version if self.engine is not None else "unloaded"
 
     @property
+    def backend(self) -> str:
+        """What runs the network (`serve.backend`), as `/metadata` says; "unloaded" before."""
+        return str(self.metadata.get("backend", "unloaded")) if self.engine else "unloaded"
+
+    @property
     def ready(self) -> bool:
         return self.engine is not None and self.engine.ready
 

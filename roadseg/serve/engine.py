@@ -300,8 +300,8 @@ def create_engine(
     `backend` is what runs the network (`roadseg.serve.backends`): torch on `device` (CUDA
     when available), or onnxruntime on the CPU, over the packaged model.onnx (or
     onnxruntime_int8 over model.int8.onnx: `Int8NotShipped` when it was not packaged); the
-    metadata names it (`backend`, `backend_version`). X-Model-Version stays the model's: the
-    float backends answer the same masks. `model_process` runs the network in a child process
+    metadata names it (`backend`, `backend_version`), and every response's X-Model-Backend
+    (X-Model-Version stays the model's). `model_process` runs the network in a child process
     (`roadseg.serve.modelproc`): a kill of that process mid-batch gives its requests 503 with
     Retry-After, not a reset connection (the metadata says `model_process: true`). `threads`
     is one inference's thread count on either backend (`serve.intra_op_threads`; None: the

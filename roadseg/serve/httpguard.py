@@ -1,8 +1,8 @@
 """HTTP hardening, the ASGI part: `GuardMiddleware` wraps the whole BentoML app: header budget
 (431), API key (401), content encoding (415), body size (413), body read timeouts (408),
-multipart part count (413), JSON bodies for every error, `X-Model-Version` on every response,
-and cancellation of a route whose client hung up. What sits below the app (the connection's
-header timeout, parser errors, metric labels) is `roadseg.serve.httpconn`.
+multipart part count (413), JSON bodies for every error, `X-Model-Version` and `X-Model-Backend`
+on every response, and cancellation of a route whose client hung up. What sits below the app
+(the connection's header timeout, parser errors, metric labels) is `roadseg.serve.httpconn`.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         state = resolve_state(self.state) or ServingState()
-        exchange = Exchange(scope, receive, send, state.limits, state.version.encode())
+        exchange = Exchange(scope, receive, send, state.limits, identity_headers(state))
         refusal = _refusal(scope, state)
         weight = _body_weight(scope, state.limits)
         budget = state.limits.max_inflight_bytes
@@ -98,6 +98,15 @@ class GuardMiddleware:
             await exchange.run(self.app)
         finally:
             self.inflight -= weight
+
+
+def identity_headers(state: ServingState) -> list[tuple[bytes, bytes]]:
+    """What answered, on every response: the model's version (`X-Model-Version`, as `/metadata`'s
+    `model_version`) and the backend that ran it (`X-Model-Backend`: torch, onnxruntime or
+    onnxruntime_int8, as `/metadata`'s `backend`; int8 answers other masks than the float
+    model, so a client or a cache can tell them apart by the header alone)."""
+    return [(b"x-model-version", state.version.encode()),
+            (b"x-model-backend", state.backend.encode())]  # fmt: skip
 
 
 def _body_weight(scope: dict, limits: Any) -> int:
@@ -180,9 +189,11 @@ class Exchange:
     client hangs up before the answer is complete.
     """
 
-    def __init__(self, scope: dict, receive: Any, send: Any, limits: Any, version: bytes) -> None:
+    def __init__(
+        self, scope: dict, receive: Any, send: Any, limits: Any, identity: list[tuple[bytes, bytes]]
+    ) -> None:
         self.scope, self._receive, self._send = scope, receive, send
-        self.limits, self.version = limits, version
+        self.limits, self.identity = limits, identity
         self.started = self.answered = self.body_done = False
         self.hung_up = False
         self.seen = 0
@@ -209,7 +220,7 @@ class Exchange:
                                      for k, v in headers.items() if k.lower() in KEPT_HEADERS}  # fmt: skip
                 self.held_body = b""
                 return
-            message["headers"] = [*message.get("headers", []), (b"x-model-version", self.version)]
+            message["headers"] = [*message.get("headers", []), *self.identity]
         elif self.held_status:
             if len(self.held_body) < HELD_BODY_LIMIT:
                 self.held_body += message.get("body", b"")[:HELD_BODY_LIMIT]

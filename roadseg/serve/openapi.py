@@ -4,9 +4,10 @@ BentoML writes the document from the typed methods and the mounted FastAPI app; 
 the statuses the guards and the connection layer answer (401, 408, 413, 415, 429, 431, 503) nor
 the problem body every error carries, and it declares FastAPI's and BentoML's own error schemas,
 which the service never sends. `describe` rewrites that document: every operation lists each
-status it can return with the RFC 9457 `Problem` schema, the raw-body form and the `format` enum
-of `/segment`, the API key as a security scheme, and the request constraints the service enforces
-(`minItems`, `minLength`). `DocumentRoutes` serves the rewritten document in place of BentoML's.
+status it can return with the RFC 9457 `Problem` schema, the headers every response carries
+(`X-Model-Version`, `X-Model-Backend`), the raw-body form and the `format` enum of `/segment`, the
+API key as a security scheme, and the request constraints the service enforces (`minItems`,
+`minLength`). `DocumentRoutes` serves the rewritten document in place of BentoML's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+from roadseg.config import BACKEND_NAMES
 from roadseg.serve.errors import PROBLEM_JSON, problem_response
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,22 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "status": {"type": "integer", "minimum": 400, "maximum": 599},
         "detail": {"type": "string", "description": "what was wrong, for a person"},
         "error": {"type": "string", "description": "the problem code, e.g. too_large, busy"},
+    },
+}
+
+# What every response of the app carries (roadseg.serve.httpguard.identity_headers), errors
+# included; not the connection layer's answers to requests whose headers never completed
+# (roadseg.serve.httpconn: 400, 408, 431), hence not `required`.
+IDENTITY_HEADERS: dict[str, Any] = {
+    "X-Model-Version": {
+        "description": "the served model's version, as `GET /metadata`'s `model_version` (a "
+        "Bento's: `<registry version>+<bento tag>`); `unloaded` before the model is",
+        "schema": {"type": "string"},
+    },
+    "X-Model-Backend": {
+        "description": "what ran the network, as `GET /metadata`'s `backend` (`unloaded` before "
+        "the model is); `onnxruntime_int8` answers other masks than the float backends",
+        "schema": {"type": "string", "enum": [*BACKEND_NAMES, "unloaded"]},
     },
 }
 
@@ -78,6 +96,7 @@ def describe(spec: dict[str, Any], *, api_key: bool) -> dict[str, Any]:
     doc = copy.deepcopy(spec)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = PROBLEM_SCHEMA
+    doc["components"].setdefault("headers", {}).update(copy.deepcopy(IDENTITY_HEADERS))
     if api_key:
         doc["components"]["securitySchemes"] = {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -88,6 +107,11 @@ def describe(spec: dict[str, Any], *, api_key: bool) -> dict[str, Any]:
             if not isinstance(op, dict) or "responses" not in op:
                 continue
             op["responses"] = _responses(op["responses"], statuses(path, method))
+            for response in op["responses"].values():
+                if isinstance(response, dict) and "$ref" not in response:
+                    response.setdefault("headers", {}).update(
+                        {h: {"$ref": f"#/components/headers/{h}"} for h in IDENTITY_HEADERS}
+                    )
             if api_key and path not in UNGUARDED:
                 op["security"] = [{"apiKey": []}, {"bearer": []}]
             if path in ("/segment", "/segment/json") and method == "post":

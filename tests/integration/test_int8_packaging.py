@@ -84,6 +84,9 @@ def test_package_int8_ships_it_with_its_labels(synth_dir: Path, tmp_path: Path) 
                        headers={"Content-Type": "image/jpeg"}, timeout=120)  # fmt: skip
     assert meta["backend"] == "onnxruntime_int8" and meta["lineage"]["int8"] == "shipped"
     assert r.status_code == 200 and "exporting it now" not in log.read_text()
+    # int8 answers other masks than the float model: the response itself says which answered
+    assert r.headers["x-model-backend"] == "onnxruntime_int8"
+    assert r.headers["x-model-version"] == meta["model_version"]
 
 
 def test_a_bento_without_int8_does_not_start_on_the_int8_backend(tmp_path: Path) -> None:

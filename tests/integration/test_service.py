@@ -88,11 +88,16 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 def test_health_metadata_classes_docs(service) -> None:
     client, version, _ = service
+    meta = client.get("/metadata").json()
+    assert meta["version"] == version and meta["run_id"] and meta["params_hash"]
+    # both backends of the fixture: a header stuck at one of them fails on the other
+    assert meta["backend"] in ("torch", "onnxruntime")
     for path in ("/healthz", "/readyz"):
         r = httpx.get(f"{client.base_url}{path}")  # no key: probes stay open
         assert r.status_code == 200 and r.headers["x-model-version"] == version
-    meta = client.get("/metadata").json()
-    assert meta["version"] == version and meta["run_id"] and meta["params_hash"]
+        assert r.headers["x-model-backend"] == meta["backend"]
+    r = httpx.get(f"{client.base_url}/metadata")  # no key: a 401 says which model answered too
+    assert r.status_code == 401 and r.headers["x-model-backend"] == meta["backend"]
     classes = client.get("/classes").json()
     assert classes[0] == {"id": 0, "name": "road", "color": [128, 64, 128]} and len(classes) == 14
     spec = client.get("/docs.json").json()
@@ -111,6 +116,7 @@ def test_segment_formats_and_json(service) -> None:
         )
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert r.headers["x-model-version"] == version
+        assert r.headers["x-model-backend"] == client.get("/metadata").json()["backend"]
         out = Image.open(io.BytesIO(r.content))
         assert out.size == (70, 50) and out.mode == mode
     r = client.post("/segment/json", files={"image": ("a.png", png(40, 60))})

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from roadseg.config import BACKEND_NAMES
 from roadseg.serve.openapi import REASONS, describe, statuses
 
 DOCS = Path(__file__).resolve().parents[2] / "docs/api/errors.md"
@@ -82,6 +83,25 @@ def test_describe_declares_the_problem_for_every_status_and_leaves_its_input_alo
     assert doc["components"]["schemas"]["Body_upload"]["properties"]["files"]["minItems"] == 1
     assert "HTTPValidationError" not in json.dumps(doc) and "InvalidArgument" not in json.dumps(doc)
     assert "securitySchemes" not in describe(BENTOML_LIKE, api_key=False)["components"]
+
+
+def test_every_response_declares_the_model_version_and_backend_headers() -> None:
+    """A generated client can read which model and which backend answered, errors included."""
+    doc = describe(BENTOML_LIKE, api_key=True)
+    headers = doc["components"]["headers"]
+    assert set(headers) == {"X-Model-Version", "X-Model-Backend"}
+    assert headers["X-Model-Backend"]["schema"]["enum"] == [*BACKEND_NAMES, "unloaded"]
+    assert "onnxruntime_int8" in BACKEND_NAMES
+    seen = 0
+    for path, operations in doc["paths"].items():
+        for op in operations.values():
+            for code, response in op["responses"].items():
+                refs = {h: v["$ref"] for h, v in response["headers"].items()}
+                assert refs == {h: f"#/components/headers/{h}" for h in headers}, (path, code)
+                seen += 1
+    assert seen == sum(1 + len(statuses(p, m)) for p, m in
+                       (("/segment", "post"), ("/upload", "post"), ("/healthz", "get")))  # fmt: skip
+    assert "headers" not in BENTOML_LIKE.get("components", {})  # the input is left alone
 
 
 def test_uploads_take_at_least_one_byte() -> None:

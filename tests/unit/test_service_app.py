@@ -89,6 +89,7 @@ def test_segment_every_format_equals_predict(served) -> None:
             assert r.status_code == 200, r.text
             assert r.headers["content-type"] == "image/png"
             assert r.headers["x-model-version"] == "ckpt-epoch3"
+            assert r.headers["x-model-backend"] == "torch"
             np.testing.assert_array_equal(png_array(r.content), expected)
 
 
