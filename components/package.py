@@ -1,15 +1,22 @@
 """Component: package the new champion into a self-contained Bento (the `.bento` archive)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 
 from components._image import ROADSEG_IMAGE
 
 
 @dsl.component(base_image=ROADSEG_IMAGE, install_kfp_package=False)
-def package(registration: str, params_file: str, overrides: list, bento: Output[Artifact]) -> str:
+def package(
+    registration: str,
+    dataset: Input[Dataset],
+    params_file: str,
+    overrides: list,
+    bento: Output[Artifact],
+) -> str:
     """The registration result plus `package`: the Bento of the champion when it moved (the
-    archive is the output artifact), else why not. JSON."""
+    archive is the output artifact), else why not; with `package.int8`, the int8 variant tried
+    on the remapped `dataset`. JSON."""
     import json
     import os
     import shutil
@@ -23,7 +30,8 @@ def package(registration: str, params_file: str, overrides: list, bento: Output[
     with tempfile.TemporaryDirectory() as tmp:
         registered = json.loads(registration)
         result = package_step(registered, params, export_dir=tmp,
-                              tracking_uri=resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")))  # fmt: skip
+                              tracking_uri=resolve_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI")),
+                              int8_data=dataset.path if params.package.int8 else None)  # fmt: skip
         if result.get("archive"):
             shutil.copyfile(result["archive"], bento.path)
         else:  # nothing packaged: the artifact says why

@@ -145,7 +145,8 @@ def training_pipeline(
     on_cpu_node(with_tracking_env(best), cpu="2", memory="8G")
     # The new champion becomes a self-contained Bento; `deploy` builds its image in the cluster
     # and rolls it out (it skips, saying why, when deploy.enabled is off or outside a cluster).
-    bento = package(registration=best.output, **common).set_display_name("package bento")
+    bento = package(registration=best.output, dataset=remap.outputs["remapped"], **common)
+    bento.set_display_name("package bento")
     bento.set_caching_options(False)
     on_cpu_node(with_tracking_env(bento), cpu="2", memory="4G")
     # Runs as the pipeline's service account, which k8s/base/deploy/rbac.yaml binds to the

@@ -293,6 +293,9 @@ class PackageParams(_Frozen):
     # it loses less than this validation mIoU; calibrated on at most this many training images.
     int8_max_miou_drop: float = Field(0.01, gt=0.0, le=1.0)
     int8_calibration_images: int = Field(64, ge=1)
+    # The pipeline's package step tries it too, calibrated and scored on the run's own remapped
+    # dataset (`roadseg follow` takes --int8 DATA_DIR, as `roadseg package` does).
+    int8: bool = False
 
 
 class DeployParams(_Frozen):

@@ -41,6 +41,14 @@ def follow(
     retry_after: Annotated[
         float, typer.Option(help="a failed version is retried by the timer after SECONDS")
     ] = 3600.0,
+    int8: Annotated[
+        Path | None,
+        typer.Option(
+            "--int8",
+            help="dataset dir: each release also tries model.int8.onnx, calibrated on its train "
+            "split, shipped if its val mIoU drops less than package.int8_max_miou_drop",
+        ),
+    ] = None,
     params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -56,10 +64,12 @@ def follow(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = get_params(params, set_)
     _check_options(target=target, listen=listen, secret=secret, once=once, poll=poll)
+    if int8 is not None and not int8.is_dir():
+        fail(f"--int8 {int8}: not a directory", 2)
     uri = tracking_uri()
     name = p.register_.model_name_for(p.data.dataset)
     release = _release_target(p, target, uri=uri, params=params, serve_port=serve_port,
-                              export_dir=export_dir)  # fmt: skip
+                              export_dir=export_dir, int8_data=int8)  # fmt: skip
     follower = Follower(name, release, tracking_uri=uri, alias=alias, retry_after_s=retry_after)
     if once:
         _follow_once(follower)
@@ -84,15 +94,23 @@ def _check_options(
 
 
 def _release_target(
-    p: Any, target: str, *, uri: str, params: Path | None, serve_port: int, export_dir: Path
+    p: Any,
+    target: str,
+    *,
+    uri: str,
+    params: Path | None,
+    serve_port: int,
+    export_dir: Path,
+    int8_data: Path | None = None,
 ) -> Release:
     """Where releases go: the cluster's package + deploy steps, or `bentoml serve` here."""
     from roadseg.release.targets import ClusterRelease, LocalRelease
 
     if target == "cluster":
-        return ClusterRelease(p, tracking_uri=uri, export_dir=export_dir)
+        return ClusterRelease(p, tracking_uri=uri, export_dir=export_dir, int8_data=int8_data)
     env = {"ROADSEG_PARAMS": str(params.resolve())} if params else {}
-    return LocalRelease(tracking_uri=uri, port=serve_port, env=env, export_dir=None)
+    return LocalRelease(tracking_uri=uri, port=serve_port, env=env, export_dir=None,
+                        int8_data=int8_data, params=p)  # fmt: skip
 
 
 def _follow_once(follower: Follower) -> None:

@@ -14,9 +14,17 @@ from roadseg.config import Params
 
 
 def package_step(
-    registration: Mapping[str, Any], params: Params, *, tracking_uri: str, export_dir: str | Path
+    registration: Mapping[str, Any],
+    params: Params,
+    *,
+    tracking_uri: str,
+    export_dir: str | Path,
+    int8_data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Package the new champion into a self-contained Bento (`roadseg.release.packaging`).
+    """Package the new champion into a self-contained Bento (`roadseg.release.packaging`); with
+    `int8_data` (a dataset directory: the pipeline's remapped dataset when `package.int8` is on,
+    `roadseg follow --int8`'s) the int8 variant is tried too, and `int8` in the result says
+    whether it shipped and why.
 
     Skips, saying why, when the champion did not move: the Bento in service stays right.
     """
@@ -31,6 +39,8 @@ def package_step(
         tracking_uri=tracking_uri,
         export_dir=export_dir,
         log_archive=params.package.log_archive,
+        int8_data=int8_data,
+        params=params,
     )
     return {
         "packaged": True,

@@ -62,11 +62,19 @@ class ClusterRelease:
     The image is built in the cluster (BuildKit Job), the Deployment patched, `/readyz` and
     `/metadata` checked, the previous image set back on failure; the deploy tags are written."""
 
-    def __init__(self, params: Any, *, tracking_uri: str, export_dir: str | Path) -> None:
+    def __init__(
+        self,
+        params: Any,
+        *,
+        tracking_uri: str,
+        export_dir: str | Path,
+        int8_data: str | Path | None = None,
+    ) -> None:
         self.params = params.model_copy(
             update={"deploy": params.deploy.model_copy(update={"enabled": True}),
                     "package": params.package.model_copy(update={"log_archive": True})})  # fmt: skip
         self.tracking_uri, self.export_dir = tracking_uri, export_dir
+        self.int8_data = int8_data  # a dataset: each release also tries the int8 variant
 
     def deployed_version(self, name: str) -> str | None:
         with httpx.Client(timeout=10.0) as http:
@@ -78,7 +86,7 @@ class ClusterRelease:
         registration = {"promoted": True, "model_name": name, "version": version}
         try:
             packaged = package_step(registration, self.params, tracking_uri=self.tracking_uri,
-                                    export_dir=self.export_dir)  # fmt: skip
+                                    export_dir=self.export_dir, int8_data=self.int8_data)  # fmt: skip
         except Exception as e:  # unknown version, a model that will not export: nothing changed
             return ReleaseOutcome(False, f"packaging v{version} failed: {e}")
         deployed = deploy_step(packaged, self.params, tracking_uri=self.tracking_uri)
@@ -104,8 +112,11 @@ class LocalRelease:
         ready_timeout_s: float = 120.0,
         export_dir: str | Path | None = None,
         log_file: str | Path | None = None,
+        int8_data: str | Path | None = None,
+        params: Any = None,
     ) -> None:
         self.tracking_uri, self.port, self.ready_timeout_s = tracking_uri, port, ready_timeout_s
+        self.int8_data, self.params = int8_data, params  # int8: calibrated on this dataset
         self.env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, **(env or {})}
         self.export_dir, self.log_file = export_dir, log_file
         self.url = f"http://127.0.0.1:{port}"
@@ -165,7 +176,8 @@ class LocalRelease:
 
         try:
             packaged = package_model(f"models:/{name}/{version}", tracking_uri=self.tracking_uri,
-                                     export_dir=self.export_dir)  # fmt: skip
+                                     export_dir=self.export_dir, int8_data=self.int8_data,
+                                     params=self.params)  # fmt: skip
         except Exception as e:
             return ReleaseOutcome(False, f"packaging v{version} failed: {e}")
         previous, tag = self.bento_tag, packaged.bento_tag

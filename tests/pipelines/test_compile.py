@@ -115,3 +115,11 @@ def test_model_and_init_from_reach_every_training_variant(ir: tuple[dict, dict])
     given = train["inputs"]["parameters"]
     assert given["init_from"]["componentInputParameter"] == "pipelinechannel--init_from"
     assert given["model_name"]["componentInputParameter"] == "pipelinechannel--model"
+
+
+def test_package_reads_the_remapped_dataset_for_int8(ir: tuple[dict, dict]) -> None:
+    """`package.int8` calibrates on the run's own remapped dataset: the package task gets it."""
+    spec, _ = ir
+    package = spec["root"]["dag"]["tasks"]["package"]
+    dataset = package["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]
+    assert dataset == {"outputArtifactKey": "remapped", "producerTask": "remap-labels"}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -36,8 +37,14 @@ TINY = [
 NAME = "roadseg-unet"
 
 
-def _run(tmp: Path, uri: str, losses: list[str], **kw: object) -> dict:
-    return run_local(load_params(None, TINY), params_file=None, overrides=TINY,
+# Run 1 also packages the int8 variant, calibrated on the run's remapped dataset; the gate is
+# open (a 1-epoch model's mIoU drop says nothing): the wiring is under test, not the gate.
+INT8 = ["package.int8=true", "package.int8_max_miou_drop=1.0"]
+
+
+def _run(tmp: Path, uri: str, losses: list[str], extra: tuple[str, ...] = (), **kw: object) -> dict:
+    overrides = [*TINY, *extra]
+    return run_local(load_params(None, overrides), params_file=None, overrides=overrides,
                      loss_variants=losses, tracking_uri=uri, work_dir=tmp / "work", **kw)  # fmt: skip
 
 
@@ -55,7 +62,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def first(store: tuple[Path, str]) -> dict:
     tmp, uri = store
-    return _run(tmp, uri, ["wce", "dice"])
+    return _run(tmp, uri, ["wce", "dice"], tuple(INT8))
 
 
 def test_one_mlflow_run_per_variant_with_metrics(store: tuple[Path, str], first: dict) -> None:
@@ -133,6 +140,12 @@ def test_champion_is_packaged_and_deploy_skips_locally(
     assert (tmp / "bentoml" / "bentos" / name / version / "bento.yaml").is_file()
     tags = MlflowClient(uri).get_model_version(NAME, "1").tags
     assert tags["bento_tag"] == packaged["bento_tag"]
+    # package.int8: the int8 variant was calibrated on the run's dataset and shipped in the Bento
+    assert packaged["int8"].startswith("shipped: mIoU drop "), packaged["int8"]
+    models = list((tmp / "bentoml" / "models" / "roadseg-unet").glob("*/model.int8.onnx"))
+    assert len(models) == 1, models
+    labels = yaml.safe_load((models[0].parent / "model.yaml").read_text())["labels"]
+    assert labels["int8"] == "shipped" and labels["int8_calibration"] == "minmax, 6 training images"
     assert (
         not first["deploy"]["deployed"] and "deploy.enabled is false" in first["deploy"]["reason"]
     )

@@ -308,3 +308,40 @@ def test_the_timer_reconciles_without_any_event(registry) -> None:
     finally:
         follower.stop(timeout=10)
     assert release.calls == [(NAME, "2")]
+
+
+# --- int8 (--int8 DATA_DIR) ------------------------------------------------------------------
+
+
+def test_follow_int8_needs_a_directory(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["follow", "--once", "--int8", str(tmp_path / "missing")])
+    said = " ".join(r.output.split())  # the console wraps long lines
+    assert r.exit_code == 2 and f"--int8 {tmp_path / 'missing'}: not a directory" in said
+
+
+def test_every_release_target_tries_int8_on_the_given_dataset(tmp_path: Path, monkeypatch) -> None:
+    """`--int8 DIR` reaches the packaging of both targets; without it, no int8 is tried."""
+    import roadseg.release.packaging as packaging
+    import roadseg.release.rollout as rollout
+    from roadseg.cli.follow import _release_target
+    from roadseg.config import load_params
+
+    seen: list[tuple[str, object]] = []
+
+    def fake_step(registration, params, **kw):
+        seen.append(("cluster", kw["int8_data"]))
+        return {"packaged": False, "reason": "recorded"}
+
+    def fake_package(uri, **kw):
+        seen.append(("local", kw["int8_data"]))
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(rollout, "package_step", fake_step)
+    monkeypatch.setattr(packaging, "package_model", fake_package)
+    p = load_params()
+    for int8 in (tmp_path, None):
+        for target in ("cluster", "local"):
+            release = _release_target(p, target, uri="sqlite:///:memory:", params=None,
+                                      serve_port=1, export_dir=tmp_path, int8_data=int8)  # fmt: skip
+            assert not release.release(NAME, "3").ok
+    assert seen == [("cluster", tmp_path), ("local", tmp_path), ("cluster", None), ("local", None)]
