@@ -141,6 +141,7 @@
     state.metadata = body;
     $("model-name").textContent = body.model_name ?? body.name ?? "unknown";
     $("model-version").textContent = String(body.model_version ?? body.version ?? "unknown");
+    $("model-backend").textContent = body.backend ?? "unknown"; // torch, onnxruntime, ..._int8
     $("model-run").textContent = body.run_id ?? body.mlflow_run_id ?? "unknown";
     const hash = body.params_hash;
     $("model-params-item").hidden = !hash;

@@ -126,6 +126,7 @@ class LiveService:
     api_key: str | None
     run_id: str
     version: str
+    backend: str
 
 
 def _scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -282,7 +283,8 @@ def live_service(
             import httpx
 
             assert httpx.get(f"{url}/metadata", timeout=30).json()["backend"] == "onnxruntime"
-        yield LiveService(url, api_key, run_id, version)
+        backend = "onnxruntime" if request.param == "onnx-bento" else "torch"
+        yield LiveService(url, api_key, run_id, version, backend)
     finally:
         proc.terminate()
         try:
@@ -415,9 +417,10 @@ def test_ui_segments_uploads_end_to_end(
     assert swatch.replace(" ", "") in {"rgb(128,64,128)", "rgba(128,64,128,1)"}
     assert not driver.find_element(By.ID, "banner").is_displayed()
 
-    # Model name, version and MLflow run from /metadata.
+    # Model name, version, backend and MLflow run from /metadata.
     assert driver.find_element(By.ID, "model-name").text == "roadseg-unet"
     assert driver.find_element(By.ID, "model-version").text == service.version
+    assert driver.find_element(By.ID, "model-backend").text == service.backend
     assert driver.find_element(By.ID, "model-run").text == service.run_id
     # The header links the version's model card, fetched with the API key when there is one.
     assert driver.find_element(By.ID, "model-card-item").is_displayed()
