@@ -2,9 +2,10 @@
 
 Protocol (README, "Live stream"): the client sends each frame as one binary message (JPEG or
 PNG); frames are numbered from 0 in the order they arrive. For each frame it processes, the
-service sends a text message `{"frame", "dropped", "latency_ms", "model_version"}` and then one
-binary message, the PNG (`?format=mask|color|overlay`, as `/segment`). A frame that cannot be
-decoded gets a text `{"frame", "error", "detail"}` and the connection stays usable.
+service sends a text message `{"frame", "dropped", "latency_ms", "model_version", "backend",
+"width", "height"}` and then one binary message, the PNG (`?format=mask|color|overlay`, as
+`/segment`). A frame that cannot be decoded gets a text `{"frame", "error", "detail"}` and the
+connection stays usable.
 
 Backpressure: a receiver task reads frames as they come and keeps only the newest waiting one
 (a one-slot mailbox); the frames it overwrites are reported in the next answer's `dropped`. The
@@ -361,6 +362,7 @@ async def _answer(websocket: WebSocket, state: ServingState, fmt: str, frame: Pr
         "dropped": frame.dropped,
         "latency_ms": round((time.perf_counter() - frame.received) * 1000, 2),
         "model_version": state.version,
+        "backend": state.backend,  # as /metadata's and X-Model-Backend
         "width": frame.image.shape[1],
         "height": frame.image.shape[0],
     }

@@ -55,7 +55,8 @@ def test_each_frame_answered_in_order_with_predict_pixels(served) -> None:
             assert head["frame"] == i and head["dropped"] == []
             assert mask.shape == pixels.shape[:2]
             assert (head["width"], head["height"]) == (pixels.shape[1], pixels.shape[0])
-            assert head["latency_ms"] > 0 and head["model_version"]
+            assert head["latency_ms"] > 0 and head["model_version"] == "ckpt-epoch3"
+            assert head["backend"] == "torch"
             np.testing.assert_array_equal(mask, predict(model, [pixels], spec)[0].mask)
     # overlay and color answers are the same renders as /segment's
     data, pixels = frames[0]
