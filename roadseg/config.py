@@ -231,8 +231,7 @@ class ServeParams(_Frozen):
     # served, so many at once would reach gigabytes; beyond it new requests get 429 + Retry-After.
     max_inflight_bytes: int = Field(128 * 2**20, ge=1)
     batch_size: int = Field(8, ge=1)
-    # eager PyTorch, or the packaged model.onnx (or model.int8.onnx) in ONNX Runtime (CPU;
-    # docs: Serving backends)
+    # eager PyTorch, or the packaged model.onnx / model.int8.onnx in ONNX Runtime (docs: backends)
     backend: BackendName = "torch"
     # Threads of one inference, torch's or ONNX Runtime's (ROADSEG_INTRA_OP_THREADS overrides);
     # None: the pod's CPU limit (roadseg.serve.backends.cpu_limit). Fewer leave cores to the
@@ -293,8 +292,7 @@ class PackageParams(_Frozen):
     # it loses less than this validation mIoU; calibrated on at most this many training images.
     int8_max_miou_drop: float = Field(0.01, gt=0.0, le=1.0)
     int8_calibration_images: int = Field(64, ge=1)
-    # The pipeline's package step tries it too, calibrated and scored on the run's own remapped
-    # dataset (`roadseg follow` takes --int8 DATA_DIR, as `roadseg package` does).
+    # The pipeline's package step tries it on the run's remapped data (`roadseg follow --int8 DIR`).
     int8: bool = False
 
 

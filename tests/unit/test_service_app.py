@@ -51,6 +51,12 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def backend() -> str:
+    """The backend `served` runs (test_service_onnx.py overrides both)."""
+    return "torch"
+
+
+@pytest.fixture(scope="module")
 def monkeypatch_module():
     mp = pytest.MonkeyPatch()
     yield mp
@@ -66,7 +72,7 @@ def png_array(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-def test_segment_every_format_equals_predict(served) -> None:
+def test_segment_every_format_equals_predict(served, backend: str) -> None:
     client, _, spec, _ = served
     data, pixels = image_bytes(45, 70)
     mask = expected_mask(served, pixels)
@@ -89,7 +95,7 @@ def test_segment_every_format_equals_predict(served) -> None:
             assert r.status_code == 200, r.text
             assert r.headers["content-type"] == "image/png"
             assert r.headers["x-model-version"] == "ckpt-epoch3"
-            assert r.headers["x-model-backend"] == "torch"
+            assert r.headers["x-model-backend"] == backend
             np.testing.assert_array_equal(png_array(r.content), expected)
 
 

@@ -30,6 +30,11 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         yield client, model, spec, tmp
 
 
+@pytest.fixture(scope="module")
+def backend() -> str:
+    return "onnxruntime"
+
+
 def test_metadata_names_the_backend(served) -> None:
     client, *_ = served
     meta = client.get("/metadata", headers=H).json()
