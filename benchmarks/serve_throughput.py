@@ -24,6 +24,9 @@ service's RSS (all its processes) is sampled every second and its peak reported:
 
     .venv/bin/python benchmarks/serve_throughput.py --backend torch,onnxruntime --clients 16 \
         --rounds 3 --duration 10 --models demo-effnet,effnet,base64
+
+`name@W` serves that backend with W BentoML workers (each with its own model process), e.g.
+`--backend torch,torch@2,onnxruntime,onnxruntime@2`.
 """
 
 from __future__ import annotations
@@ -115,13 +118,18 @@ def tree_rss(pid: int) -> int:
 
 
 def service_pid(url: str) -> int:
-    """The pid of `bentoml serve` at `url`: circusd (same pid), which holds the listening
-    socket; its worker processes (and their model processes) are its descendants."""
+    """The pid of `bentoml serve` at `url`: circusd (same pid), whose descendants are every
+    worker and its model process. psutil names one holder of a shared listening socket, often
+    a worker: climb from it to circusd, or the tree would miss the manager and other workers."""
     import psutil
 
     port = int(url.rsplit(":", 1)[1])
     pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port}
-    return next(p for p in pids if psutil.Process(p).ppid() not in pids)
+    holder = psutil.Process(min(pids))
+    for proc in (holder, *holder.parents()):
+        if proc.name() == "circusd":
+            return proc.pid
+    raise RuntimeError(f"no circusd above pid {holder.pid} serving {url}")
 
 
 def soak(url: str, payloads: list[bytes], clients: int, seconds: float, headers: dict) -> dict:
@@ -246,6 +254,15 @@ def with_peak_rss(pid: int, fn):
         sampler.join()
 
 
+def parse_backend(spec: str) -> tuple[str, str | None, str | None]:
+    """`name[:threads][@workers]` -> (serve.backend, inference threads, BentoML workers):
+    onnxruntime:1 runs one inference thread, torch@2 two worker processes (each its own model
+    process); None leaves the service's default."""
+    spec, _, workers = spec.partition("@")
+    backend, _, threads = spec.partition(":")
+    return backend, threads or None, workers or None
+
+
 def compare_model(name: str, backends: list[str], payloads: list[bytes], args) -> list[dict]:
     """Both backends serving one model: cold starts, then interleaved rounds per client count;
     the median round (by served img/s) of each backend."""
@@ -260,10 +277,12 @@ def compare_model(name: str, backends: list[str], payloads: list[bytes], args) -
     with contextlib.ExitStack() as stack:
         urls, cold = {}, {}
         for b in backends:
-            backend, _, threads = b.partition(":")  # onnxruntime:1 -> one inference thread
+            backend, threads, workers = parse_backend(b)
             env = env0 | {"ROADSEG_MONITOR_DIR": str(tmp / f"monitoring-{b}"),
                           "ROADSEG_API_KEY": None, "ROADSEG_BACKEND": backend,
-                          "ROADSEG_INTRA_OP_THREADS": threads or None}  # fmt: skip
+                          "ROADSEG_INTRA_OP_THREADS": threads}  # fmt: skip
+            if workers:  # BentoML's per-service setting, as a deployment would override it
+                env["BENTOML_CONFIG_OPTIONS"] = f"services.roadseg.workers={workers}"
             started = time.perf_counter()
             log = tmp / f"serve-{b}.log"
             urls[b] = stack.enter_context(
@@ -333,7 +352,8 @@ def main() -> None:
     ap.add_argument("--backend", default="torch",
                     help="serve.backend: torch or onnxruntime; several (torch,onnxruntime) "
                     "compare them served side by side, the first the reference; name:N "
-                    "serves with N inference threads (serve.intra_op_threads)")  # fmt: skip
+                    "serves with N inference threads (serve.intra_op_threads), name@W with W "
+                    "BentoML workers")  # fmt: skip
     ap.add_argument("--models", default="demo-effnet",
                     help="with several backends: comma-separated bench_models.MODELS names")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
