@@ -23,16 +23,17 @@ from tests.unit.test_service_app import (  # noqa: F401  (collected here with th
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("svc-onnx")
-    edits = {"backend: torch": "backend: onnxruntime"}
-    with in_process_service(tmp, edits, KEY) as (client, model, spec):
-        yield client, model, spec, tmp
+def backend() -> str:
+    """The backend `served` runs, and the one every reused test expects in X-Model-Backend."""
+    return "onnxruntime"
 
 
 @pytest.fixture(scope="module")
-def backend() -> str:
-    return "onnxruntime"
+def served(tmp_path_factory: pytest.TempPathFactory, backend: str):
+    tmp = tmp_path_factory.mktemp("svc-onnx")
+    edits = {"backend: torch": f"backend: {backend}"}
+    with in_process_service(tmp, edits, KEY) as (client, model, spec):
+        yield client, model, spec, tmp
 
 
 def test_metadata_names_the_backend(served) -> None:
