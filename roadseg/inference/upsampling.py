@@ -16,7 +16,7 @@ import torch
 # indices are alive at once, whatever the image size, so the only full-resolution arrays are
 # the uint8 outputs (~5 bytes per output pixel in all, tests/unit/test_postprocess_memory.py).
 TILE_ELEMENTS = 2**20
-CONFIDENCE_SAMPLES = 2**14  # at least about this many pixels sampled for the confidence
+CONFIDENCE_SAMPLES = 2**14  # about this many pixels sampled for the confidence, at any size
 
 
 def source_index(out_size: int, in_size: int, start: int, stop: int):
@@ -147,12 +147,14 @@ def sampled_confidence(g: Grid) -> float:
     """Mean max softmax over the output pixels, estimated by the midpoint rule on s x s blocks.
 
     Each block of s x s output pixels (shorter at the right and bottom edges) is represented by
-    its centre pixel, weighted by its pixel count; s = floor(sqrt(h w / max(h_in w_in, 2^14)))
-    (about one sample per source cell, at least ~2^14 samples; s = 1, exact, when the output is
-    under 4x that). Within 1e-5 of the full-resolution mean on smooth logits, ~2e-3 on noisy
-    96x160 ones at 1280x720 (tests; the predict benchmark prints it on real models). Monitoring.
+    its centre pixel, weighted by its pixel count; s = floor(sqrt(h w / 2^14)): about 2^14
+    samples whatever the logits' size (s = 1, exact, under 4 x 2^14 output pixels). One sample
+    per source cell instead cost 26 ms an image at 1280x720 for 256x448 logits and 218 ms for
+    368x640, more than the rest of the request, for no accuracy a monitor needs: within 2e-4 of
+    the full-resolution mean on real models' logits (benchmarks/predict_throughput.py prints
+    it), ~2e-3 on noisy maps from 96x160 to 368x640 (tests). Monitoring.
     """
-    s = max(1, int(np.sqrt(g.h * g.w / max(g.h_in * g.w_in, CONFIDENCE_SAMPLES))))
+    s = max(1, int(np.sqrt(g.h * g.w / CONFIDENCE_SAMPLES)))
     rows, row_w = _sample_blocks(g.h, s)
     cols, col_w = _sample_blocks(g.w, s)
     total = 0.0
