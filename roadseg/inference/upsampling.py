@@ -149,8 +149,8 @@ def sampled_confidence(g: Grid) -> float:
     Each block of s x s output pixels (shorter at the right and bottom edges) is represented by
     its centre pixel, weighted by its pixel count; s = floor(sqrt(h w / 2^14)): about 2^14
     samples whatever the logits' size (s = 1, exact, under 4 x 2^14 output pixels). One sample
-    per source cell instead cost 26 ms an image at 1280x720 for 256x448 logits and 218 ms for
-    368x640, more than the rest of the request, for no accuracy a monitor needs: within 2e-4 of
+    per source cell instead cost 21 ms an image at 1280x720 for 256x448 logits and 208 ms for
+    368x640 (benchmarks/confidence_sampling.py), for no accuracy a monitor needs: within 2e-4 of
     the full-resolution mean on real models' logits (benchmarks/predict_throughput.py prints
     it), ~2e-3 on noisy maps from 96x160 to 368x640 (tests). Monitoring.
     """

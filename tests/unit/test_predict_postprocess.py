@@ -141,7 +141,7 @@ def test_confidence_on_a_trained_like_map_is_close(logit_size, noise):
 @pytest.mark.parametrize("logit_size", [(6, 10), (96, 160), (368, 640)])
 def test_confidence_samples_do_not_grow_with_the_logits(monkeypatch, logit_size):
     """About 2^14 pixels are interpolated for the confidence at 1280x720 whatever the logits'
-    size: one per source cell made it 230k pixels (26 ms) for 256x448 logits, 922k for 368x640."""
+    size: one per source cell made it 230k pixels (21 ms) for 256x448 logits, 922k for 368x640."""
     sampled = []
     logits = upsampling.Grid.logits
 
