@@ -122,6 +122,8 @@ class AugmentParams(_Frozen):
     scale_range: tuple[float, float] = (0.5, 1.5)
     hflip_prob: float = Field(0.5, ge=0.0, le=1.0)
     class_uniform_prob: float = Field(0.0, ge=0.0, le=1.0)  # crops around a class drawn uniformly
+    copy_paste_prob: float = Field(0.0, ge=0.0, le=1.0)  # paste these classes (data/copy_paste.py)
+    copy_paste_classes: tuple[str, ...] = ("pole", "traffic light", "traffic sign", "person/rider")
     # Photometric, on the image only (roadseg.data.dataset.photometric): factors drawn from
     # [1 - x, 1 + x], a hue shift from [-hue, hue] of the colour circle, a Gaussian blur.
     brightness: float = Field(0.2, ge=0.0, lt=1.0)
@@ -271,12 +273,7 @@ class DriftParams(_Frozen):
 
 
 class PipelineParams(_Frozen):
-    loss_variants: tuple[LossName, ...] = (
-        "wce",
-        "ohem",
-        "dice",
-        "dice_ce",
-    )
+    loss_variants: tuple[LossName, ...] = ("wce", "ohem", "dice", "dice_ce")
     # KITTI Road is binary: the IoU loss (the original project's) by default.
     kitti_loss_variants: tuple[LossName, ...] = ("iou",)
     host: str | None = None  # Kubeflow Pipelines endpoint: `roadseg pipeline submit` without --host

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from roadseg.config import AugmentParams, Params
 from roadseg.data import bdd100k
 from roadseg.data.bdd100k import Sample
+from roadseg.data.copy_paste import Piece, class_ids, cut_piece, paste
 from roadseg.data.transforms import normalize, resize_image, resize_mask
 
 REMAP_MARKER = "remap.json"
@@ -201,6 +202,7 @@ class SegmentationDataset(Dataset):
         augment: AugmentParams | None = None,
         ignore_index: int = 255,
         seed: int = 0,
+        paste_ids: tuple[int, ...] = (),
     ) -> None:
         self.samples = samples
         self.read_label = read_label
@@ -211,6 +213,8 @@ class SegmentationDataset(Dataset):
         self.ignore_index = ignore_index
         self.seed = seed
         self.epoch = 0
+        self.paste_ids = tuple(paste_ids)  # copy-paste these classes
+        self._pieces: dict[tuple[int, tuple[int, int]], Piece | None] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -228,10 +232,34 @@ class SegmentationDataset(Dataset):
             )
         return image, mask
 
+    def piece(self, index: int, shape: tuple[int, int]) -> Piece | None:
+        """The copy-paste classes' pixels of item `index` in a frame of `shape` (cached: each
+        worker reads a label once)."""
+        key = (index, shape)
+        if key not in self._pieces:
+            image, mask = self.load(index)
+            image, mask = resize_image(image, shape), resize_mask(mask, shape)
+            self._pieces[key] = cut_piece(image, mask, self.paste_ids)
+        return self._pieces[key]
+
+    def paste_other(
+        self, image: np.ndarray, mask: np.ndarray, index: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`image` and `mask` with the thin-class pixels of another item (drawn by `rng`)
+        pasted in, mirrored half the time; unchanged when that item has none."""
+        other = int(rng.integers(len(self) - 1))
+        other += other >= index
+        flip = bool(rng.random() < 0.5)
+        piece = self.piece(other, (mask.shape[0], mask.shape[1]))
+        return paste(image, mask, piece, flip=flip) if piece is not None else (image, mask)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(index)
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
+            p = self.augment.copy_paste_prob  # 0: the RNG draws exactly what it drew without it
+            if p > 0 and self.paste_ids and len(self) > 1 and rng.random() < p:
+                image, mask = self.paste_other(image, mask, index, rng)
             image, mask = augment_pair(
                 image, mask, self.image_size, self.augment, rng, self.ignore_index
             )
@@ -262,7 +290,17 @@ def build_dataset(
         augment=params.augment,
         ignore_index=params.data.ignore_index,
         seed=params.train.seed,
+        paste_ids=tuple(paste_class_ids(params)) if train else (),
     )
+
+
+def paste_class_ids(params: Params) -> list[int]:
+    """The ids of `augment.copy_paste_classes` (none when `copy_paste_prob` is 0); a ValueError
+    for a name the dataset's classes lack."""
+    if params.augment.copy_paste_prob == 0:
+        return []
+    names = [c.name for c in params.data.class_table]
+    return class_ids(params.augment.copy_paste_classes, names)
 
 
 def build_loader(
