@@ -22,7 +22,8 @@ the load).
 
 Recipe trials never look at the validation images: `--holdout` trains on 8 of the 12 training
 images and scores on the other 4 (every third by name); `--arms b --set loss.name=ohem ...`
-trains only some arms, with extra overrides for the EfficientNet arms.
+trains only some arms, with extra overrides for the EfficientNet arms; `--common ...` gives
+overrides to every arm (a recipe change such as copy-paste, compared fairly).
 
 On a GPU node, `--device cuda` trains and scores there; the budget is then wall-clock seconds
 (the GPU synchronised at each reading: CPU time would count only the host's share), the jobs
@@ -195,7 +196,8 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
     """One arm of one seed ((c) with its synthetic pre-training first): its scores."""
     if args.device == "cpu":
         torch.set_num_threads(1)
-    size = [f"train.image_size={args.size.replace(' ', '')}", f"data.num_workers={args.workers}"]
+    size = [f"train.image_size={args.size.replace(' ', '')}", f"data.num_workers={args.workers}",
+            *args.common]  # fmt: skip
     label, overrides = ARMS[arm]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -226,6 +228,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--set", nargs="*", default=[], dest="overrides",
                         help="extra params overrides for the EffNet arms (b) and (c): recipe trials")  # fmt: skip
+    parser.add_argument("--common", nargs="*", default=[],
+                        help="params overrides for every arm, (a) included: a recipe change compared fairly")  # fmt: skip
     parser.add_argument("--size", default=TRAIN_SIZE, help="train.image_size of every arm")
     parser.add_argument("--holdout", action="store_true",
                         help="recipe trials: train on 8 training images, score on the other 4")  # fmt: skip
@@ -272,6 +276,7 @@ def main() -> None:
     command += " --holdout" if args.holdout else ""
     command += f" --arms {' '.join(args.arms)}" if args.arms != list(ARMS) else ""
     command += "".join(f" --set {o}" for o in args.overrides)  # fmt: skip
+    command += "".join(f" --common {o}" for o in args.common)  # fmt: skip
     clock = ("CPU seconds of one torch thread" if args.device == "cpu" else
              f"wall-clock seconds on {torch.cuda.get_device_name()}, one job at a time")  # fmt: skip
     args.out.write_text(
