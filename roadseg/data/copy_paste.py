@@ -23,8 +23,8 @@ class Piece:
     """The pixels of some classes in one frame: coordinates, colours and class ids."""
 
     shape: tuple[int, int]  # (H, W) of the frame they were cut from
-    ys: np.ndarray  # int32 (n,)
-    xs: np.ndarray  # int32 (n,)
+    ys: np.ndarray  # (n,) uint16, or int32 in a frame wider than 65536
+    xs: np.ndarray
     rgb: np.ndarray  # uint8 (n, 3)
     ids: np.ndarray  # uint8 (n,)
 
@@ -46,10 +46,11 @@ def cut_piece(image: np.ndarray, mask: np.ndarray, ids: Sequence[int]) -> Piece 
     ys, xs = np.nonzero(np.isin(mask, list(ids)))
     if ys.size == 0:
         return None
+    coord = np.uint16 if max(mask.shape) <= 2**16 else np.int32  # half the memory of a piece
     return Piece(
         shape=(mask.shape[0], mask.shape[1]),
-        ys=ys.astype(np.int32),
-        xs=xs.astype(np.int32),
+        ys=ys.astype(coord),
+        xs=xs.astype(coord),
         rgb=image[ys, xs].copy(),
         ids=mask[ys, xs].copy(),
     )

@@ -120,3 +120,24 @@ def test_params_choose_the_classes_and_only_training_pastes(synth_dir: Path) -> 
                                                  "augment.copy_paste_classes=[pole,signs]"])  # fmt: skip
     with pytest.raises(ValueError, match=r"copy_paste_classes: unknown classes \['signs'\]"):
         build_dataset(synth_dir, bad, "train", train=True, **kw)
+
+
+def test_the_piece_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full dataset would cache ~150 KB a frame in every loader worker: the cache keeps the
+    last PIECE_CACHE, and a piece read again after eviction is the same."""
+    import roadseg.data.dataset as dataset
+
+    monkeypatch.setattr(dataset, "PIECE_CACHE", 2)
+    image, mask = frame()
+    samples = [write_pair(tmp_path, f"f{i}", np.roll(image, i, 1), np.roll(mask, i, 1))
+               for i in range(4)]  # fmt: skip
+    ds = SegmentationDataset(samples, read_label, image_size=(20, 30), mean=[0.0] * 3,
+                             std=[1.0] * 3, train=True, paste_ids=(SIGN,))  # fmt: skip
+    first = ds.piece(0, (20, 30))
+    for i in (1, 2, 3):
+        assert (ds.piece(i, (20, 30)).xs == first.xs + i).all()  # each frame's own sign
+    assert len(ds._pieces) == 2
+    again = ds.piece(0, (20, 30))
+    assert again is not first and (again.xs == first.xs).all() and (again.rgb == first.rgb).all()
+    half = ds.piece(0, (10, 15))  # another frame size: resized, then cut
+    assert half.shape == (10, 15) and (half.ids == SIGN).all()
