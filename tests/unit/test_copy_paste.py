@@ -14,6 +14,7 @@ from roadseg.config import DEFAULT_PARAMS, AugmentParams, load_params
 from roadseg.data.bdd100k import Sample, read_label
 from roadseg.data.copy_paste import class_ids, cut_piece, paste
 from roadseg.data.dataset import SegmentationDataset, build_dataset, paste_class_ids
+from roadseg.data.transforms import resize_mask
 
 SIGN, PERSON, VEHICLE, ROAD = 6, 10, 11, 0
 
@@ -139,5 +140,7 @@ def test_the_piece_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert len(ds._pieces) == 2
     again = ds.piece(0, (20, 30))
     assert again is not first and (again.xs == first.xs).all() and (again.rgb == first.rgb).all()
-    half = ds.piece(0, (10, 15))  # another frame size: resized, then cut
+    half = ds.piece(0, (10, 15))  # another frame size: the label resized, then cut
+    ys, xs = np.nonzero(resize_mask(mask, (10, 15)) == SIGN)
     assert half.shape == (10, 15) and (half.ids == SIGN).all()
+    assert (half.ys == ys).all() and (half.xs == xs).all() and xs.min() >= 10  # still top right
